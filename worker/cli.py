@@ -1,0 +1,122 @@
+"""The ``invoice-sync`` command: ``run``, ``sandbox``, ``demo``, ``config``, ``dlq``, ``check``.
+
+Settings are built here, once, and passed down; nothing else reads the environment. A
+subcommand that cannot do its job says so on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from worker import __version__
+from worker.errors import SettingsError
+from worker.settings import Settings, load_settings, masked_dump
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"invoice-sync: {exc.message}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    from worker.logs import configure_logging
+    from worker.service import run_service
+
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    return asyncio.run(run_service(settings))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    from worker.health import check_health
+
+    return asyncio.run(check_health(settings, url=args.url))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    from worker.demo import run_demo
+
+    return asyncio.run(run_demo(settings, workdir=args.workdir, verbose=args.verbose))
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit()
+    from worker.dlq import inspect_dlq, replay_dlq
+
+    if args.dlq_command == "inspect":
+        return asyncio.run(inspect_dlq(settings, limit=args.limit, as_json=args.json))
+    return asyncio.run(replay_dlq(settings, reason=args.reason, dry_run=args.dry_run))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invoice-sync",
+        description="Sale-order events from Kafka become invoices and credit notes.",
+    )
+    parser.add_argument("--version", action="version", version=f"invoice-sync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the worker (configuration from INVOICE_SYNC_* env)")
+    run.set_defaults(func=_cmd_run)
+
+    cfg = sub.add_parser("config", help="print the effective configuration, secrets masked")
+    cfg.set_defaults(func=_cmd_config)
+
+    chk = sub.add_parser("check", help="exit 0 when the worker's /healthz says healthy")
+    chk.add_argument("--url", default=None, help="health URL (default: from settings)")
+    chk.set_defaults(func=_cmd_check)
+
+    demo = sub.add_parser("demo", help="broker + sandbox + demo events + worker, then a summary")
+    demo.add_argument("--workdir", default=".demo", help="where the demo keeps its ledger")
+    demo.add_argument("--verbose", action="store_true", help="show the worker's log lines")
+    demo.set_defaults(func=_cmd_demo)
+
+    dlq = sub.add_parser("dlq", help="inspect or replay dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    ins = dlq_sub.add_parser("inspect", help="list dead letters with their reasons")
+    ins.add_argument("--limit", type=int, default=100)
+    ins.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    rep = dlq_sub.add_parser("replay", help="re-publish dead letters to their source topic")
+    rep.add_argument("--reason", default=None, help="only dead letters with this reason code")
+    rep.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    dlq.set_defaults(func=_cmd_dlq)
+
+    from worker.sandbox.cli import add_parser as add_sandbox_parser
+
+    add_sandbox_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

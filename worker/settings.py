@@ -1,0 +1,446 @@
+"""Configuration: one pydantic-settings model, read once in ``cli`` and passed down.
+
+Every setting is an environment variable ``INVOICE_SYNC_<GROUP>__<NAME>`` (for example
+``INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS``). Defaults run against the embedded demo (the
+Tansu broker and the sandbox API on loopback), so a real deployment overrides the hosts and
+the credentials and nothing else.
+
+Secrets are ``SecretStr``. Each can also come from a file, so a mounted Kubernetes Secret
+works without putting the value in the environment:
+
+* ``INVOICE_SYNC_OAUTH__CLIENT_SECRET_FILE=/run/secrets/client-secret`` reads that one file;
+* ``INVOICE_SYNC_SECRETS_DIR=/run/secrets/invoice-sync`` reads every file in that folder
+  whose name is a setting, e.g. ``oauth__client_secret`` (case-insensitive).
+
+This module is the only place that reads ``os.environ``. :func:`load_settings` turns a
+pydantic ``ValidationError`` into a :class:`~worker.errors.SettingsError` whose message names
+each setting and the broken rule, and never the value given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.errors import SettingsError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ApiSettings",
+    "HttpServerSettings",
+    "KafkaSettings",
+    "LedgerSettings",
+    "LoggingSettings",
+    "MappingSettings",
+    "OAuthSettings",
+    "PipelineSettings",
+    "Settings",
+    "env_var_names",
+    "load_settings",
+    "masked_dump",
+]
+
+ENV_PREFIX = "INVOICE_SYNC_"
+_DELIM = "__"
+
+#: The demo client that ``invoice-sync sandbox`` creates when given none. It is a public,
+#: documented development credential of the embedded sandbox, not a secret of any real system.
+DEMO_CLIENT_ID = "demo-store"
+DEMO_CLIENT_SECRET = "demo-secret-change-me"  # noqa: S105 - documented sandbox credential
+
+#: Least privilege for the worker: what it reads and writes, nothing more.
+DEFAULT_SCOPES = (
+    "invoices.read",
+    "invoices.write",
+    "customers.read",
+    "customers.write",
+    "products.read",
+    "products.write",
+    "credit_notes.write",
+)
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_secret_file_pointers(cls, data: Any) -> Any:
+        # INVOICE_SYNC_<GROUP>__<SECRET>_FILE also reaches the plain env source; the secret
+        # files source has already read it, so it is not an unknown setting here.
+        if isinstance(data, dict):
+            secret_files = {f"{n}_file" for n, f in cls.model_fields.items() if _is_secret(f)}
+            data = {k: v for k, v in data.items() if k.lower() not in secret_files}
+        return data
+
+
+class KafkaSettings(_Group):
+    """Where events come from and where dead letters go. Works for any Kafka cluster."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    client_id: str = Field("invoice-sync", description="Client id sent to the brokers.")
+    group_id: str = Field("invoice-sync", description="Consumer group; replicas share it.")
+    topics: list[str] = Field(["orders"], description="Source topics (JSON list or one name).")
+    dlq_topic: str | None = Field(
+        None, description="Dead-letter topic; default is `<source topic>.dlq`."
+    )
+    topic_formats: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source format per topic (v1, salla, zid, shopify); default v1.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How to reach the brokers."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers' certs.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client key for mutual TLS.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new group starts reading."
+    )
+    session_timeout_ms: int = Field(10_000, ge=1000, description="Group session timeout.")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Group heartbeat interval.")
+    max_poll_interval_ms: int = Field(
+        600_000, ge=10_000, description="Longest gap between polls before the group evicts us."
+    )
+    fetch_max_records: int = Field(500, ge=1, description="Records taken per poll at most.")
+    enable_idempotence: bool = Field(
+        False, description="Idempotent DLQ producer (turn on for real Kafka; Tansu lacks it)."
+    )
+    request_timeout_ms: int = Field(30_000, ge=1000, description="Broker request timeout.")
+
+    @model_validator(mode="after")
+    def _sasl_needs_mechanism(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError("sasl_mechanism is required when security_protocol is SASL_*")
+        if self.sasl_mechanism is not None and (
+            not self.sasl_username or self.sasl_password is None
+        ):
+            raise ValueError("sasl_username and sasl_password are required with sasl_mechanism")
+        return self
+
+    @field_validator("topics")
+    @classmethod
+    def _at_least_one_topic(cls, value: list[str]) -> list[str]:
+        if not value or any(not t.strip() for t in value):
+            raise ValueError("at least one non-empty topic name is required")
+        return value
+
+    def dlq_for(self, topic: str) -> str:
+        """The dead-letter topic for records read from ``topic``."""
+        return self.dlq_topic or f"{topic}.dlq"
+
+
+class ApiSettings(_Group):
+    """The accounting API (Qoyod-shaped). The sandbox plays it in the demo and the tests."""
+
+    base_url: str = Field("http://127.0.0.1:8081", description="API root, without /2.0.")
+    auth_mode: Literal["oauth", "api_key"] = Field(
+        "oauth", description="OAuth client credentials, or Qoyod's static API-KEY header."
+    )
+    api_key: SecretStr | None = Field(None, description="Static API key (secret; api_key mode).")
+    connect_timeout_s: float = Field(5.0, gt=0, description="TCP/TLS connect timeout.")
+    timeout_s: float = Field(15.0, gt=0, description="Total timeout of one API request.")
+    allow_insecure_http: bool = Field(
+        False, description="Allow http:// to a non-loopback host (development only)."
+    )
+    inventory_id: int | None = Field(None, description="Inventory (warehouse) id on documents.")
+
+    @model_validator(mode="after")
+    def _key_when_api_key_mode(self) -> ApiSettings:
+        if self.auth_mode == "api_key" and self.api_key is None:
+            raise ValueError("api_key is required when auth_mode is api_key")
+        _require_https("base_url", self.base_url, allow_insecure=self.allow_insecure_http)
+        return self
+
+
+class OAuthSettings(_Group):
+    """Client-credentials grant against the API's token endpoint (RFC 6749 section 4.4)."""
+
+    token_url: str = Field("http://127.0.0.1:8081/oauth/token", description="Token endpoint.")
+    revoke_url: str | None = Field(None, description="RFC 7009 revocation endpoint.")
+    client_id: str = Field(DEMO_CLIENT_ID, description="OAuth client id.")
+    client_secret: SecretStr = Field(
+        SecretStr(DEMO_CLIENT_SECRET), description="OAuth client secret (secret)."
+    )
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="How the client authenticates to the token endpoint."
+    )
+    scopes: list[str] = Field(list(DEFAULT_SCOPES), description="Scopes requested (least privilege).")
+    extra_params: dict[str, str] = Field(
+        default_factory=dict, description="Extra token parameters, e.g. {\"audience\": \"...\"}."
+    )
+    refresh_token: SecretStr | None = Field(
+        None, description="Refresh token for linked-account flows (secret; rotated in memory)."
+    )
+    skew_s: float = Field(60.0, ge=0, description="Renew this long before expiry (<= half life).")
+    default_lifetime_s: float = Field(
+        300.0, gt=0, description="Lifetime assumed when the server omits expires_in."
+    )
+    renew_on_status: list[int] = Field([401], description="API statuses that mean token expired.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Token endpoint connect timeout.")
+    timeout_s: float = Field(10.0, gt=0, description="Token request total timeout.")
+    max_attempts: int = Field(5, ge=1, description="Token fetch attempts per need.")
+    backoff_base_s: float = Field(0.5, gt=0, description="First token retry backoff ceiling.")
+    backoff_max_s: float = Field(30.0, gt=0, description="Largest token retry backoff.")
+    retry_after_cap_s: float = Field(60.0, gt=0, description="Cap on a token Retry-After.")
+    revoke_on_shutdown: bool = Field(False, description="Revoke the live token on shutdown.")
+    allow_insecure_http: bool = Field(
+        False, description="Allow http:// token URL on a non-loopback host (development only)."
+    )
+
+    @model_validator(mode="after")
+    def _https_only(self) -> OAuthSettings:
+        _require_https("token_url", self.token_url, allow_insecure=self.allow_insecure_http)
+        if self.revoke_url:
+            _require_https("revoke_url", self.revoke_url, allow_insecure=self.allow_insecure_http)
+        return self
+
+
+class LedgerSettings(_Group):
+    """The idempotency ledger and audit trail: SQLite (one replica) or PostgreSQL (several)."""
+
+    url: str = Field(
+        "sqlite:///invoice-sync-ledger.db",
+        description="sqlite:///path or postgresql://user@host:port/db.",
+    )
+    password: SecretStr | None = Field(None, description="Database password (secret).")
+    pool_size: int = Field(10, ge=1, description="PostgreSQL connection pool size.")
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one ledger operation.")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"sqlite", "postgresql", "postgres"}:
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        if "@" in value and ":" in urlsplit(value).netloc.split("@")[0]:
+            raise ValueError("must not embed a password; set ledger.password instead")
+        return value
+
+
+class MappingSettings(_Group):
+    """How an order becomes a document."""
+
+    invoice_trigger: str = Field("order.paid", description="Event type that creates the invoice.")
+    document_status: Literal["Approved", "Draft"] = Field("Approved", description="Status sent.")
+    shipping_sku: str = Field("SHIPPING", description="Service product used for shipping lines.")
+    due_days: int = Field(0, ge=0, description="Due date = issue date + this many days.")
+    timezone: str = Field("Asia/Riyadh", description="Zone that gives the issue date.")
+    total_tolerance: str = Field(
+        "0.05", description="Largest |computed - declared| total accepted (decimal string)."
+    )
+    create_missing_products: bool = Field(
+        True, description="Create unknown SKUs; false dead-letters them as unknown_sku."
+    )
+
+
+class PipelineSettings(_Group):
+    """Concurrency, retries and shutdown of the main job."""
+
+    max_in_flight: int = Field(64, ge=1, description="Events processed concurrently at most.")
+    max_buffered: int = Field(2000, ge=1, description="Events held in memory before pausing.")
+    max_attempts: int = Field(8, ge=1, description="Attempts per event for transient failures.")
+    max_retry_s: float = Field(300.0, gt=0, description="Time budget per event for retries.")
+    backoff_base_s: float = Field(0.5, gt=0, description="First backoff ceiling (full jitter).")
+    backoff_max_s: float = Field(30.0, gt=0, description="Largest backoff ceiling.")
+    retry_after_cap_s: float = Field(60.0, gt=0, description="Cap on a server's Retry-After.")
+    config_fault_backoff_max_s: float = Field(
+        300.0, gt=0, description="Slowest retry while paused by a configuration fault."
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="How often finished offsets commit.")
+    shutdown_timeout_s: float = Field(25.0, gt=0, description="Drain budget on SIGTERM.")
+    rebalance_timeout_s: float = Field(10.0, gt=0, description="Drain budget on revocation.")
+    lookup_cache_size: int = Field(10_000, ge=0, description="Customer/product ids cached.")
+    lookup_cache_ttl_s: float = Field(3600.0, ge=0, description="Lookup cache entry lifetime.")
+    stop_when_idle_s: float | None = Field(
+        None, description="Exit after this long with no lag and nothing in flight (demo, bench)."
+    )
+
+
+class HttpServerSettings(_Group):
+    """The health and metrics endpoint."""
+
+    host: str = Field("0.0.0.0", description="Listen address of /metrics, /healthz, /readyz.")  # noqa: S104
+    port: int = Field(9100, ge=0, le=65535, description="Listen port (0 = pick a free one).")
+    stall_timeout_s: float = Field(
+        120.0, gt=0, description="No progress while lag grows this long = unhealthy."
+    )
+
+
+class LoggingSettings(_Group):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["json", "console"] = Field("json", description="json for machines.")
+
+
+class Settings(BaseSettings):
+    """Everything the worker needs, grouped as the environment variables are."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_DELIM,
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        case_sensitive=False,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    http: HttpServerSettings = Field(default_factory=HttpServerSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _retry_budget_fits_poll_interval(self) -> Settings:
+        # Retries run beside the poll loop, but a partition whose head event is still retrying
+        # holds its commit back; the group must not evict us meanwhile.
+        worst = self.pipeline.max_retry_s + self.api.timeout_s
+        if worst * 1000 >= self.kafka.max_poll_interval_ms:
+            raise ValueError(
+                "pipeline.max_retry_s + api.timeout_s must be below kafka.max_poll_interval_ms "
+                f"({worst:.0f} s >= {self.kafka.max_poll_interval_ms / 1000:.0f} s)"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Order = precedence: explicit arguments, then plain env vars, then secret files.
+        return (init_settings, env_settings, _SecretFilesSource(settings_cls))
+
+
+def _require_https(name: str, url: str, *, allow_insecure: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{name} must be an absolute http(s) URL")
+    if parts.scheme == "https" or allow_insecure or _is_loopback(parts.hostname):
+        return
+    raise ValueError(
+        f"{name} must use https:// (http is allowed only for loopback hosts or with "
+        "allow_insecure_http=true)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secret_paths() -> dict[str, tuple[str, str]]:
+    """Env-style name (lower case) of every secret setting -> (group, field)."""
+    out: dict[str, tuple[str, str]] = {}
+    for group_name, group_field in Settings.model_fields.items():
+        model = group_field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for field_name, field in model.model_fields.items():
+            if _is_secret(field):
+                out[f"{group_name}{_DELIM}{field_name}"] = (group_name, field_name)
+    return out
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return "SecretStr" in repr(field.annotation)
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """Secrets from ``INVOICE_SYNC_<GROUP>__<NAME>_FILE`` paths and ``INVOICE_SYNC_SECRETS_DIR``."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole nested dict
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        secrets = _secret_paths()
+        found: dict[str, dict[str, str]] = {}
+        secrets_dir = env.get(f"{ENV_PREFIX}SECRETS_DIR")
+        if secrets_dir:
+            folder = Path(secrets_dir)
+            if not folder.is_dir():
+                raise SettingsError(f"{ENV_PREFIX}SECRETS_DIR: {folder} is not a directory")
+            for path in folder.iterdir():
+                key = path.name.lower().removeprefix(ENV_PREFIX.lower())
+                if key in secrets and path.is_file():
+                    group, name = secrets[key]
+                    found.setdefault(group, {})[name] = _read_secret(path, key)
+        for key, (group, name) in secrets.items():
+            var = f"{ENV_PREFIX}{key.upper()}_FILE"
+            if var in env:
+                found.setdefault(group, {})[name] = _read_secret(Path(env[var]), var)
+        return found
+
+
+def _read_secret(path: Path, setting: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(f"{setting}: cannot read secret file {path} ({exc.strerror})") from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment (and secret files), or explain what is wrong.
+
+    Raises:
+        SettingsError: naming each invalid setting as its environment variable and the rule
+            it breaks, never the value that was given.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+            var = ENV_PREFIX + _DELIM.join(loc).upper() if loc else "settings"
+            problems.append(f"{var}: {err['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"invalid configuration: a JSON-valued setting is malformed ({exc.msg})") from None
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as JSON-ready data, every secret shown as ``**********``."""
+    return settings.model_dump(mode="json")
+
+
+def env_var_names() -> dict[str, FieldInfo]:
+    """Every environment variable the settings model reads, with its field (for the docs)."""
+    names: dict[str, FieldInfo] = {}
+    for group_name, group_field in Settings.model_fields.items():
+        model = group_field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for field_name, field in model.model_fields.items():
+            names[f"{ENV_PREFIX}{group_name.upper()}{_DELIM}{field_name.upper()}"] = field
+    return names
