@@ -48,7 +48,9 @@ def _compute(vector: dict[str, Any]) -> DocumentTotals:
         lines,
         currency=vector["currency"],
         prices_include_tax=vector["prices_include_tax"],
-        order_discounts=[Adjustment(Decimal(d["amount"]), _key(d)) for d in vector["order_discounts"]],
+        order_discounts=[
+            Adjustment(Decimal(d["amount"]), _key(d)) for d in vector["order_discounts"]
+        ],
         order_charges=[
             Adjustment(Decimal(c["amount"]), _key(c)) for c in vector.get("order_charges", [])
         ],
@@ -138,7 +140,7 @@ class TestRounding:
         assert doc.total_with_vat == Decimal("18.32")
 
     def test_vat_of_document_not_sum_of_lines(self) -> None:
-        """Group VAT is rounded once on the group total: 3 x 0.05 VAT 0.0075 each -> 0.02, not 0.03."""
+        """Group VAT is rounded once: three 0.05 lines have VAT 0.01 each, the document 0.02."""
         lines = [LineInput(Decimal(1), Decimal("0.05"), S15) for _ in range(3)]
         doc = compute_document(lines, currency="SAR", prices_include_tax=False)
         assert [r.vat for r in doc.lines] == [Decimal("0.01")] * 3
@@ -149,8 +151,10 @@ class TestRounding:
 class TestCurrencies:
     @pytest.mark.parametrize(
         ("currency", "digits"),
-        [("SAR", 2), ("USD", 2), ("EUR", 2), ("AED", 2), ("KWD", 3), ("BHD", 3), ("OMR", 3)]
-        + [("JOD", 3), ("TND", 3), ("LYD", 3), ("IQD", 3), ("JPY", 0), ("KRW", 0), ("XYZ", 2)],
+        [
+            *[("SAR", 2), ("USD", 2), ("EUR", 2), ("AED", 2), ("KWD", 3), ("BHD", 3), ("OMR", 3)],
+            *[("JOD", 3), ("TND", 3), ("LYD", 3), ("IQD", 3), ("JPY", 0), ("KRW", 0), ("XYZ", 2)],
+        ],
     )
     def test_minor_units(self, currency: str, digits: int) -> None:
         """Minor units follow ISO 4217, with 2 for anything not listed."""
@@ -160,7 +164,9 @@ class TestCurrencies:
     def test_kwd_three_decimals(self) -> None:
         """KWD rounds to 0.001: 3 x 1.2345 = 3.7035 -> 3.704, VAT 15 % = 0.5556 -> 0.556."""
         doc = compute_document(
-            [LineInput(Decimal(3), Decimal("1.2345"), S15)], currency="KWD", prices_include_tax=False
+            [LineInput(Decimal(3), Decimal("1.2345"), S15)],
+            currency="KWD",
+            prices_include_tax=False,
         )
         assert doc.lines[0].net == Decimal("3.704")
         assert doc.document_vat == Decimal("0.556")
@@ -193,7 +199,7 @@ class TestSplitProportionally:
         assert shares == (Decimal("3.34"), Decimal("3.33"), Decimal("3.33"))
 
     def test_largest_remainder_wins(self) -> None:
-        """1.00 over 10:20:70.1 floors to 0.09/0.19/0.70 and the cent goes to the largest remainder."""
+        """1.00 over 10:20:70.1 floors to 0.09/0.19/0.70; 2 cents go to the largest remainders."""
         shares = split_proportionally(
             Decimal("1.00"), [Decimal(10), Decimal(20), Decimal("70.1")], currency="SAR"
         )
@@ -218,7 +224,9 @@ class TestSplitProportionally:
             prices_include_tax=False,
             order_discounts=[Adjustment(Decimal("5.00"), S15)],
         )
-        shares = split_proportionally(Decimal("5.00"), [Decimal("20.00"), Decimal("7.33")], currency="SAR")
+        shares = split_proportionally(
+            Decimal("5.00"), [Decimal("20.00"), Decimal("7.33")], currency="SAR"
+        )
         spread = compute_document(
             [
                 LineInput(line.quantity, line.unit_price, line.tax, discount_amount=share)

@@ -8,6 +8,7 @@ server fails the run; otherwise the tests that need it are skipped with the reas
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,12 +41,10 @@ async def _admin_async(dsn: str, sql: str) -> None:
 
 
 def _admin(dsn: str, sql: str) -> None:
-    # A private loop: asyncio.run() would reset the global loop under pytest-asyncio's feet.
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(_admin_async(dsn, sql))
-    finally:
-        loop.close()
+    # A thread with a private loop: the fixture may be requested from inside a running loop,
+    # and asyncio.run() in this thread would reset the loop under pytest-asyncio's feet.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, _admin_async(dsn, sql)).result()
 
 
 @pytest.fixture(scope="session")

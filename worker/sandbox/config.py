@@ -35,7 +35,7 @@ ALL_SCOPES: frozenset[str] = frozenset(
 """Every scope the sandbox knows; a client may be granted any subset."""
 
 DEMO_CLIENT_ID = "demo-store"
-DEMO_CLIENT_SECRET = "demo-secret-change-me"  # noqa: S105 - documented, sandbox-only credential
+DEMO_CLIENT_SECRET = "demo-secret-change-me"
 
 TokenFormat = Literal["opaque", "jwt"]
 

@@ -47,6 +47,10 @@ def _add(errors: Errors, field: str, message: str) -> None:
     errors.setdefault(field, []).append(message)
 
 
+def _count(errors: Errors) -> int:
+    return sum(len(messages) for messages in errors.values())
+
+
 def _text(
     obj: dict[str, Any], key: str, errors: Errors, *, field: str = "", required: bool = True
 ) -> str | None:
@@ -74,7 +78,7 @@ def _ident(obj: dict[str, Any], key: str, errors: Errors, *, field: str = "") ->
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         _add(errors, field, "must be a positive integer")
         return None
-    return value
+    return int(value)
 
 
 def _number(
@@ -194,7 +198,7 @@ def _line(raw: object, index: int, errors: Errors) -> LineItem | None:
     if not isinstance(raw, dict):
         _add(errors, prefix, "must be an object")
         return None
-    before = len(errors)
+    before = _count(errors)
     product_id = _ident(raw, "product_id", errors, field=f"{prefix}.product_id")
     description = _text(raw, "description", errors, field=f"{prefix}.description", required=False)
     quantity = _number(raw, "quantity", errors, field=f"{prefix}.quantity", positive=True)
@@ -228,10 +232,16 @@ def _line(raw: object, index: int, errors: Errors) -> LineItem | None:
         _add(errors, f"{prefix}.discount", "must be less than or equal to 100")
     if discount is not None and discount_type == "amount" and discount != round(discount, 2):
         _add(errors, f"{prefix}.discount", "must have at most 2 decimal places")
-    if len(errors) != before:
+    if (
+        _count(errors) != before
+        or product_id is None
+        or quantity is None
+        or unit_price is None
+        or discount is None
+        or tax_percent is None
+        or not isinstance(category, str)
+    ):
         return None
-    assert product_id is not None and quantity is not None and unit_price is not None
-    assert discount is not None and tax_percent is not None and isinstance(category, str)
     item = LineItem(
         product_id=product_id,
         description=description or "",
@@ -286,9 +296,16 @@ def parse_invoice(obj: dict[str, Any], errors: Errors) -> InvoiceIn | None:
     lines = _lines(obj, errors)
     if issued is not None and due is not None and due < issued:
         _add(errors, "due_date", "must be on or after issue_date")
-    if errors:
+    if (
+        errors
+        or contact_id is None
+        or reference is None
+        or issued is None
+        or due is None
+        or status is None
+        or inventory_id is None
+    ):
         return None
-    assert contact_id and reference and issued and due and status and inventory_id
     return InvoiceIn(
         contact_id,
         reference,
@@ -323,10 +340,17 @@ def parse_credit_note(obj: dict[str, Any], errors: Errors) -> CreditNoteIn | Non
     status = _choice(obj, "status", ("Draft", "Approved"), errors)
     inventory_id = _ident(obj, "inventory_id", errors)
     lines = _lines(obj, errors)
-    if errors:
+    if (
+        errors
+        or contact_id is None
+        or reference is None
+        or issued is None
+        or parent_id is None
+        or reason is None
+        or status is None
+        or inventory_id is None
+    ):
         return None
-    assert contact_id and reference and issued and parent_id and reason and status
-    assert inventory_id
     return CreditNoteIn(
         contact_id, reference, issued.isoformat(), parent_id, reason, status, inventory_id, lines
     )

@@ -1,0 +1,114 @@
+"""The idempotency ledger on both backends: claims, completion, voids, deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from worker.ledger import ClaimStatus, Ledger, LedgerKey, open_ledger
+from worker.settings import LedgerSettings
+
+KEY = LedgerKey("store-1", "invoice", "order-1")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/ledger.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    async with open_ledger(LedgerSettings(url=url)) as led:
+        # Each test uses its own rows on the shared per-run PostgreSQL database.
+        yield led
+
+
+def _key(request: pytest.FixtureRequest, kind: str = "invoice", sub: str = "") -> LedgerKey:
+    return LedgerKey("store-1", kind, request.node.name, sub)
+
+
+class TestClaims:
+    async def test_first_claim_is_new_then_resume(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """A fresh key is NEW; claiming it again before completion is RESUME (look up first)."""
+        key = _key(request)
+        first = await ledger.claim(key, idempotency_key="k", reference="r", event_id="e1")
+        assert first.status is ClaimStatus.NEW
+        again = await ledger.claim(key, idempotency_key="k", reference="r", event_id="e2")
+        assert again.status is ClaimStatus.RESUME
+        assert again.attempts == 2
+
+    async def test_completed_key_is_done_with_document_id(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """After complete(), a claim reports DONE and the document id."""
+        key = _key(request)
+        await ledger.claim(key, idempotency_key="k", reference="r", event_id="e1")
+        await ledger.complete(key, document_id="42", payload='{"a": 1}')
+        claim = await ledger.claim(key, idempotency_key="k", reference="r", event_id="e2")
+        assert (claim.status, claim.document_id) == (ClaimStatus.DONE, "42")
+        entry = await ledger.get(key)
+        assert entry is not None
+        assert (entry.state, entry.payload, entry.idempotency_key) == ("done", '{"a": 1}', "k")
+
+    async def test_void_blocks_a_later_invoice(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """An order cancelled before invoicing is VOID for a late paid event."""
+        key = _key(request)
+        assert await ledger.void(key, event_id="cancel-1") is True
+        claim = await ledger.claim(key, idempotency_key="k", reference="r", event_id="paid-1")
+        assert claim.status is ClaimStatus.VOID
+
+    async def test_void_refused_when_invoice_exists(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """void() does nothing when the invoice was already claimed."""
+        key = _key(request)
+        await ledger.claim(key, idempotency_key="k", reference="r", event_id="e1")
+        assert await ledger.void(key, event_id="cancel-1") is False
+
+    async def test_dead_lettered_row_can_be_claimed_again(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """A replay after a fix resumes a dead-lettered row; the last error is kept meanwhile."""
+        key = _key(request)
+        await ledger.claim(key, idempotency_key="k", reference="r", event_id="e1")
+        await ledger.record_error(key, reason="total_mismatch", dead_lettered=True)
+        entry = await ledger.get(key)
+        assert entry is not None
+        assert (entry.state, entry.last_error) == ("dead_lettered", "total_mismatch")
+        claim = await ledger.claim(key, idempotency_key="k", reference="r", event_id="e2")
+        assert claim.status is ClaimStatus.RESUME
+
+    async def test_deliveries_are_remembered(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """A platform delivery id is unseen until recorded, then seen."""
+        delivery = request.node.name
+        assert await ledger.delivery_seen("shopify", delivery) is False
+        await ledger.record_delivery("shopify", delivery)
+        await ledger.record_delivery("shopify", delivery)
+        assert await ledger.delivery_seen("shopify", delivery) is True
+
+
+class TestLifecycle:
+    async def test_second_start_raises_and_close_is_idempotent(self, tmp_path: Path) -> None:
+        """A ledger starts once; close() can be called twice."""
+        led = open_ledger(LedgerSettings(url=f"sqlite:///{tmp_path}/l.db"))
+        await led.start()
+        with pytest.raises(RuntimeError):
+            await led.start()
+        await led.close()
+        await led.close()
+
+    async def test_sqlite_state_survives_reopen(self, tmp_path: Path) -> None:
+        """Rows are on disk: a new process sees the claim of a crashed one."""
+        url = f"sqlite:///{tmp_path}/l.db"
+        async with open_ledger(LedgerSettings(url=url)) as led:
+            await led.claim(KEY, idempotency_key="k", reference="r", event_id="e1")
+        async with open_ledger(LedgerSettings(url=url)) as led:
+            claim = await led.claim(KEY, idempotency_key="k", reference="r", event_id="e1")
+            assert claim.status is ClaimStatus.RESUME

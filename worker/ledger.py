@@ -1,0 +1,446 @@
+"""The idempotency ledger: one row per document the worker owes, and the audit trail.
+
+Kafka delivers at least once; the ledger makes it effectively exactly once. For every
+document (store, kind, order id, sub id) the worker:
+
+1. **claims** the row before calling the API. A fresh row means nobody ever tried, so the
+   document is created straight away. A row left ``claimed`` by a crash (or by a replica that
+   lost the partition mid-request) means a POST may have reached the API: the worker looks
+   the document up by reference before creating anything;
+2. sends the POST with an ``Idempotency-Key`` stored in the row, the same on every attempt
+   and after every restart, so even a lost response cannot create a second document;
+3. **completes** the row with the document id.
+
+A row also records ``void`` for an order cancelled before it was invoiced, so a late paid
+event does not invoice it, and ``dead_lettered`` with the reason when the event went to the
+DLQ (a replay after a fix claims it again). Times, attempts and the last error make the table
+the audit trail finance asks for.
+
+Backends: SQLite (file; one replica) and PostgreSQL (several replicas), chosen by URL. The
+schema is created at start; ``schema_version`` lets later releases migrate it.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import aiosqlite
+import asyncpg
+
+from worker.metrics import LEDGER_LATENCY
+from worker.settings import LedgerSettings
+
+__all__ = [
+    "Claim",
+    "ClaimStatus",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerKey",
+    "PostgresLedger",
+    "SqliteLedger",
+    "open_ledger",
+]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS ledger_meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS documents (
+        store_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        order_id TEXT NOT NULL,
+        sub_id TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        event_id TEXT,
+        document_id TEXT,
+        payload TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        completed_at TEXT,
+        PRIMARY KEY (store_id, kind, order_id, sub_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        source TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        seen_at TEXT NOT NULL,
+        PRIMARY KEY (source, delivery_id)
+    )""",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerKey:
+    """Identity of one document the worker owes."""
+
+    store_id: str
+    kind: str  # "invoice" | "credit_note"
+    order_id: str
+    sub_id: str = ""  # refund id, or "cancel" for a cancellation credit note
+
+    def as_tuple(self) -> tuple[str, str, str, str]:
+        return (self.store_id, self.kind, self.order_id, self.sub_id)
+
+
+class ClaimStatus(enum.Enum):
+    NEW = "new"  # nobody tried before: create directly
+    RESUME = "resume"  # an earlier attempt may have reached the API: look up first
+    DONE = "done"  # the document exists: skip
+    VOID = "void"  # the order was cancelled before it was invoiced: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    status: ClaimStatus
+    document_id: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    key: LedgerKey
+    state: str
+    idempotency_key: str
+    reference: str
+    document_id: str | None
+    payload: str | None
+    attempts: int
+    last_error: str | None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class _Timer:
+    """Observe one ledger operation's latency."""
+
+    __slots__ = ("_op", "_t0")
+
+    def __init__(self, op: str) -> None:
+        self._op = op
+        self._t0 = 0.0
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        LEDGER_LATENCY.labels(self._op).observe(time.perf_counter() - self._t0)
+
+
+class Ledger(abc.ABC):
+    """Common behaviour; backends implement the five primitive statements."""
+
+    _started = False
+    _closed = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the connection(s) and create or migrate the schema.
+
+        Raises:
+            RuntimeError: when started twice.
+        """
+        if self._started:
+            raise RuntimeError("ledger already started")
+        self._started = True
+        await self._open()
+        for statement in _SCHEMA:
+            await self._execute(statement)
+        await self._execute(
+            "INSERT INTO ledger_meta (name, value) VALUES ({0}, {1}) ON CONFLICT DO NOTHING",
+            "schema_version",
+            str(SCHEMA_VERSION),
+        )
+
+    async def close(self) -> None:
+        """Close; safe to call more than once."""
+        if self._started and not self._closed:
+            self._closed = True
+            await self._close()
+
+    async def claim(
+        self, key: LedgerKey, *, idempotency_key: str, reference: str, event_id: str
+    ) -> Claim:
+        """Claim ``key`` before calling the API; see the module docstring for the statuses."""
+        now = _now()
+        with _Timer("claim"):
+            inserted = await self._insert(
+                "INSERT INTO documents (store_id, kind, order_id, sub_id, state, idempotency_key,"
+                " reference, event_id, attempts, created_at, updated_at)"
+                " VALUES ({0}, {1}, {2}, {3}, 'claimed', {4}, {5}, {6}, 1, {7}, {7})"
+                " ON CONFLICT DO NOTHING",
+                *key.as_tuple(), idempotency_key, reference, event_id, now,
+            )
+            if inserted:
+                return Claim(ClaimStatus.NEW, None, 1)
+            row = await self._fetchrow(
+                "SELECT state, document_id, attempts FROM documents"
+                " WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}",
+                *key.as_tuple(),
+            )
+            assert row is not None
+            state, document_id, attempts = row[0], row[1], int(row[2])
+            if state == "done":
+                return Claim(ClaimStatus.DONE, document_id, attempts)
+            if state == "void":
+                return Claim(ClaimStatus.VOID, None, attempts)
+            await self._execute(
+                "UPDATE documents SET state='claimed', attempts=attempts+1, event_id={4},"
+                " updated_at={5} WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}",
+                *key.as_tuple(), event_id, now,
+            )
+            return Claim(ClaimStatus.RESUME, None, attempts + 1)
+
+    async def complete(self, key: LedgerKey, *, document_id: str, payload: str | None) -> None:
+        """Record the created (or found) document; the row becomes ``done``."""
+        now = _now()
+        with _Timer("complete"):
+            await self._execute(
+                "UPDATE documents SET state='done', document_id={4}, payload={5}, last_error=NULL,"
+                " updated_at={6}, completed_at={6}"
+                " WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}",
+                *key.as_tuple(), document_id, payload, now,
+            )
+
+    async def record_error(self, key: LedgerKey, *, reason: str, dead_lettered: bool) -> None:
+        """Remember the last error; ``dead_lettered`` marks the row as sent to the DLQ."""
+        state_sql = "'dead_lettered'" if dead_lettered else "state"
+        with _Timer("fail"):
+            await self._execute(
+                f"UPDATE documents SET state={state_sql}, last_error={{4}}, updated_at={{5}}"
+                " WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}"
+                " AND state <> 'done'",
+                *key.as_tuple(), reason, _now(),
+            )
+
+    async def void(self, key: LedgerKey, *, event_id: str) -> bool:
+        """Mark an invoice that was never created as void (order cancelled first).
+
+        Returns False when a row already exists (the invoice was created or attempted).
+        """
+        now = _now()
+        with _Timer("claim"):
+            return await self._insert(
+                "INSERT INTO documents (store_id, kind, order_id, sub_id, state, idempotency_key,"
+                " reference, event_id, attempts, created_at, updated_at)"
+                " VALUES ({0}, {1}, {2}, {3}, 'void', '', '', {4}, 0, {5}, {5})"
+                " ON CONFLICT DO NOTHING",
+                *key.as_tuple(), event_id, now,
+            )
+
+    async def get(self, key: LedgerKey) -> LedgerEntry | None:
+        """The row for ``key``, or None."""
+        with _Timer("lookup"):
+            row = await self._fetchrow(
+                "SELECT state, idempotency_key, reference, document_id, payload, attempts,"
+                " last_error FROM documents"
+                " WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}",
+                *key.as_tuple(),
+            )
+        if row is None:
+            return None
+        return LedgerEntry(
+            key=key, state=row[0], idempotency_key=row[1], reference=row[2],
+            document_id=row[3], payload=row[4], attempts=int(row[5]), last_error=row[6],
+        )
+
+    async def delivery_seen(self, source: str, delivery_id: str) -> bool:
+        """True when this platform delivery id was processed before."""
+        with _Timer("lookup"):
+            row = await self._fetchrow(
+                "SELECT 1 FROM deliveries WHERE source={0} AND delivery_id={1}",
+                source, delivery_id,
+            )
+        return row is not None
+
+    async def record_delivery(self, source: str, delivery_id: str) -> None:
+        """Remember a processed platform delivery id (after its work finished)."""
+        with _Timer("complete"):
+            await self._execute(
+                "INSERT INTO deliveries (source, delivery_id, seen_at) VALUES ({0}, {1}, {2})"
+                " ON CONFLICT DO NOTHING",
+                source, delivery_id, _now(),
+            )
+
+    async def count_by_state(self) -> dict[str, int]:
+        """Rows per state (for the demo summary and tests)."""
+        rows = await self._fetchall("SELECT state, COUNT(*) FROM documents GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # --- backend primitives; SQL uses {0}, {1}... placeholders ----------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, *args: Any) -> None: ...
+
+    @abc.abstractmethod
+    async def _insert(self, sql: str, *args: Any) -> bool:
+        """Run an INSERT ... ON CONFLICT DO NOTHING; True when a row was inserted."""
+
+    @abc.abstractmethod
+    async def _fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None: ...
+
+    @abc.abstractmethod
+    async def _fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+
+class SqliteLedger(Ledger):
+    """One file, one connection, WAL journal. For a single replica (and the demo)."""
+
+    def __init__(self, path: str, *, timeout_s: float = 10.0) -> None:
+        self._path = path
+        self._timeout_s = timeout_s
+        self._db: aiosqlite.Connection | None = None
+        self._sql_cache: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger(path={self._path!r})"
+
+    def _sql(self, sql: str) -> str:
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            # {n} may repeat (e.g. {7} twice), so use numbered ?NNN parameters.
+            cached = sql.format(*[f"?{i + 1}" for i in range(10)])
+            self._sql_cache[sql] = cached
+        return cached
+
+    async def _open(self) -> None:
+        if self._path not in (":memory:", ""):
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self._path, timeout=self._timeout_s)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL);
+        # only an OS crash could lose the last few, and the API's Idempotency-Key covers that.
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.commit()
+
+    async def _close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("ledger not started")
+        return self._db
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(self._sql(sql), args)
+        await self._conn.commit()
+
+    async def _insert(self, sql: str, *args: Any) -> bool:
+        cursor = await self._conn.execute(self._sql(sql), args)
+        inserted = cursor.rowcount == 1
+        await cursor.close()
+        await self._conn.commit()
+        return inserted
+
+    async def _fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        async with self._conn.execute(self._sql(sql), args) as cursor:
+            row = await cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def _fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self._conn.execute(self._sql(sql), args) as cursor:
+            rows = await cursor.fetchall()
+        return [tuple(r) for r in rows]
+
+
+class PostgresLedger(Ledger):
+    """A connection pool on PostgreSQL; several replicas share it safely."""
+
+    def __init__(
+        self, dsn: str, *, password: str | None = None, pool_size: int = 10,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._password = password
+        self._pool_size = pool_size
+        self._timeout_s = timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._sql_cache: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        parts = urlsplit(self._dsn)
+        return f"PostgresLedger(host={parts.hostname!r}, db={parts.path.lstrip('/')!r})"
+
+    def _sql(self, sql: str) -> str:
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = sql.format(*[f"${i + 1}" for i in range(10)])
+            self._sql_cache[sql] = cached
+        return cached
+
+    async def _open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn.replace("postgres://", "postgresql://", 1),
+            password=self._password,
+            min_size=1,
+            max_size=self._pool_size,
+            command_timeout=self._timeout_s,
+            timeout=self._timeout_s,
+        )
+
+    async def _close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("ledger not started")
+        return self._pool
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        await self._p.execute(self._sql(sql), *args)
+
+    async def _insert(self, sql: str, *args: Any) -> bool:
+        status = await self._p.execute(self._sql(sql), *args)
+        return str(status).endswith(" 1")
+
+    async def _fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        row = await self._p.fetchrow(self._sql(sql), *args)
+        return tuple(row) if row is not None else None
+
+    async def _fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        rows = await self._p.fetch(self._sql(sql), *args)
+        return [tuple(r) for r in rows]
+
+
+def open_ledger(settings: LedgerSettings) -> Ledger:
+    """The backend named by ``settings.url`` (not started yet)."""
+    parts = urlsplit(settings.url)
+    if parts.scheme == "sqlite":
+        # sqlite:///relative/path or sqlite:////absolute/path
+        path = settings.url.split("sqlite:///", 1)[1] if "sqlite:///" in settings.url else ""
+        return SqliteLedger(path or ":memory:", timeout_s=settings.timeout_s)
+    password = settings.password.get_secret_value() if settings.password else None
+    return PostgresLedger(
+        settings.url, password=password, pool_size=settings.pool_size,
+        timeout_s=settings.timeout_s,
+    )

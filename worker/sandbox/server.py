@@ -1,0 +1,158 @@
+"""The sandbox server: one aiohttp app, an edge middleware for faults, and its lifecycle.
+
+:func:`run_sandbox` is the only way in: it binds (port 0 picks a free port), yields a
+:class:`Sandbox` handle, and tears everything down on exit, including handlers that are
+still holding back a "slow success" response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from worker.sandbox import admin, resources
+from worker.sandbox.config import SandboxConfig
+from worker.sandbox.faults import NO_FAULT, Decision, Faults, Target
+from worker.sandbox.oauth import REALM, revoke, token
+from worker.sandbox.state import STATE_KEY, SandboxState
+
+__all__ = ["Sandbox", "build_app", "run_sandbox"]
+
+_OUTAGE_HTML = (
+    "<html><head><title>{status} Service Unavailable</title></head>"
+    "<body><h1>{status}</h1><p>The authorization server is temporarily unavailable."
+    "</p></body></html>"
+)
+
+
+def _injected(target: Target, decision: Decision) -> web.Response:
+    status = decision.status or 500
+    headers = {}
+    if decision.retry_after is not None:
+        headers["Retry-After"] = str(decision.retry_after)
+    if target == "token" and status >= 500:
+        # Gateways in front of real token endpoints answer outages with HTML, not JSON.
+        return web.Response(
+            status=status,
+            text=_OUTAGE_HTML.format(status=status),
+            content_type="text/html",
+            headers=headers,
+        )
+    return web.json_response(
+        {"message": f"injected status {status}"}, status=status, headers=headers
+    )
+
+
+def _drop(request: web.Request) -> web.Response:
+    """Close the connection without a response (a "connection reset by peer")."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return web.Response(status=499)
+
+
+@web.middleware
+async def _edge(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count, then apply this request's fault decision around the real handler."""
+    path = request.path
+    target: Target
+    if path.startswith("/2.0/"):
+        target = "resources"
+    elif path.startswith("/oauth/"):
+        target = "token"
+    else:
+        return await handler(request)  # type: ignore[no-any-return]
+    state = request.app[STATE_KEY]
+    if target == "resources":
+        state.resource_requests += 1
+    elif path == "/oauth/token":
+        state.token_request_times.append(time.monotonic())
+    decision = state.faults.decide(target)
+    if decision is not NO_FAULT:
+        if decision.delay > 0:
+            await asyncio.sleep(decision.delay)
+        if decision.reset:
+            return _drop(request)
+        if decision.status is not None:
+            state.requests_by_status[decision.status] += 1
+            return _injected(target, decision)
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        state.requests_by_status[exc.status] += 1
+        raise
+    state.requests_by_status[response.status] += 1
+    if decision.slow_delay > 0:
+        # The write is committed; the client's timeout fires before it hears so.
+        await asyncio.sleep(decision.slow_delay)
+    return response
+
+
+def build_app(state: SandboxState) -> web.Application:
+    app = web.Application(middlewares=[_edge], client_max_size=4 * 1024 * 1024)
+    app[STATE_KEY] = state
+    app.router.add_post("/oauth/token", token)
+    app.router.add_post("/oauth/revoke", revoke)
+    resources.add_routes(app)
+    admin.add_routes(app)
+    return app
+
+
+class Sandbox:
+    """A running sandbox: its URL, its state, and the same controls as ``/_sandbox/*``."""
+
+    def __init__(self, url: str, state: SandboxState) -> None:
+        self.url = url
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.url} realm={REALM!r}>"
+
+    def stats(self) -> dict[str, Any]:
+        """The document ``GET /_sandbox/stats`` returns."""
+        return self.state.stats()
+
+    def set_faults(self, faults: Faults) -> None:
+        """Replace the fault set (reseeding its RNG), like ``POST /_sandbox/faults``."""
+        self.state.faults.set(faults)
+
+    @property
+    def faults(self) -> Faults:
+        return self.state.faults.faults
+
+    def revoke_all(self) -> int:
+        """Revoke every live token, like ``POST /_sandbox/revoke-all``."""
+        return self.state.tokens.revoke_all()
+
+    def reset(self, *, tokens: bool = False) -> None:
+        """Clear data and counters, like ``POST /_sandbox/reset``."""
+        self.state.reset(tokens=tokens)
+
+    def issued_secrets(self) -> list[str]:
+        """Every token value ever issued plus client secrets, API keys and the JWT secret."""
+        return self.state.issued_secrets()
+
+
+@asynccontextmanager
+async def run_sandbox(
+    config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[Sandbox]:
+    """Serve the sandbox on ``host:port`` for the duration of the ``async with`` block."""
+    state = SandboxState(config or SandboxConfig())
+    runner = web.AppRunner(
+        build_app(state), access_log=None, handle_signals=False, shutdown_timeout=0.2
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        url_host = f"[{host}]" if ":" in host else host
+        yield Sandbox(f"http://{url_host}:{bound_port}", state)
+    finally:
+        await runner.cleanup()
