@@ -40,7 +40,7 @@ def _client(text: str) -> tuple[str, str, frozenset[str]]:
 
 
 def _error_rate(text: str) -> tuple[int, float]:
-    status, sep, rate = text.partition("=")
+    status, _, rate = text.partition("=")
     try:
         return int(status), float(rate)
     except ValueError:
@@ -104,7 +104,9 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         slow_success_rate=args.slow_success_rate,
         slow_success_delay=args.slow_success_delay,
     )
-    active = rule != FaultRule(target=args.fault_target, slow_success_delay=rule.slow_success_delay)
+    active = any((args.latency_ms, args.latency_tail_ms, args.error_rate, args.reset_rate)) or bool(
+        args.slow_success_rate
+    )
     faults = Faults(rules=(rule,) if active else (), token_outage=args.token_outage, seed=args.seed)
     return SandboxConfig(
         clients=clients,
