@@ -78,10 +78,6 @@ class HandleResult:
 class Handler(Protocol):
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> HandleResult: ...
 
-    async def dead_lettered(
-        self, record: ConsumerRecord[bytes, bytes], error: InvoiceSyncError
-    ) -> None: ...
-
 
 class HealthSink(Protocol):
     """The part of :class:`worker.health.HealthState` the pipeline reports to."""
@@ -413,8 +409,6 @@ class Pipeline:
                 if self._draining:
                     return  # not written, not committed: redelivered after restart
                 await self._sleep(self._fault_backoff.delay(write_attempt))
-        with contextlib.suppress(Exception):
-            await self._handler.dead_lettered(record, exc)
         log.info("event.dead_lettered", reason=exc.reason, attempts=attempts,
                  message=exc.message[:300], **_safe_details(exc))
         EVENTS_CONSUMED.labels(

@@ -1,0 +1,328 @@
+"""What one event does: parse, map, claim in the ledger, resolve ids, create, record.
+
+The pipeline (:mod:`worker.pipeline`) calls :meth:`EventProcessor.handle` for each record, in
+key order, and owns retries: this module raises classified errors and never sleeps.
+
+The exactly-once steps, in order (see :mod:`worker.ledger`):
+
+1. parse and map (pure; permanent errors raise before any I/O);
+2. claim the ledger row: ``DONE`` -> skip as a duplicate, ``VOID`` -> skip (cancelled before
+   it was invoiced), ``RESUME`` -> look the document up by reference before creating;
+3. find or create the contact and products (cached, one lookup in flight per identity);
+4. POST with the row's Idempotency-Key; "reference already taken" -> look it up and record it;
+5. complete the row with the document id and the body sent (the audit trail, and the lines a
+   later cancellation mirrors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from decimal import Decimal
+from typing import Any, Generic, TypeVar
+
+from aiokafka.structs import ConsumerRecord
+from structlog.contextvars import bound_contextvars
+
+from worker.api import AccountingApi
+from worker.errors import (
+    ApiUnavailable,
+    DuplicateReference,
+    NoOriginalInvoice,
+    PermanentEventError,
+    TransientError,
+    UnknownSku,
+)
+from worker.events import ORDER_CANCELLED, OrderEvent, parse_event
+from worker.ledger import ClaimStatus, Ledger, LedgerKey
+from worker.logs import get_logger
+from worker.mapping import DocumentPlan, MappingOptions, document_kind, plan_document
+from worker.metrics import DEDUPLICATED, DOCUMENTS_CREATED
+from worker.pipeline import HandleResult
+from worker.settings import Settings
+
+__all__ = ["EventProcessor", "TtlCache", "mapping_options"]
+
+log = get_logger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """A bounded LRU map whose entries expire; ``get_or_load`` runs one load per key at once."""
+
+    def __init__(
+        self, *, maxsize: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._maxsize = maxsize
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        # Loads in flight, so concurrent events for one new customer create it once.
+        self._loading: dict[K, asyncio.Future[V]] = {}
+
+    def get(self, key: K) -> V | None:
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        expires, value = hit
+        if self._clock() >= expires:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        if self._maxsize <= 0:
+            return
+        self._data[key] = (self._clock() + self._ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._maxsize:
+            self._data.popitem(last=False)
+
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            value = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters may be none
+            raise
+        else:
+            future.set_result(value)
+            self.put(key, value)
+            return value
+        finally:
+            del self._loading[key]
+
+
+def mapping_options(settings: Settings) -> MappingOptions:
+    """The mapping knobs from settings."""
+    m = settings.mapping
+    return MappingOptions(
+        invoice_trigger=m.invoice_trigger,
+        shipping_sku=m.shipping_sku,
+        status=m.document_status,
+        due_days=m.due_days,
+        timezone=m.timezone,
+        total_tolerance=Decimal(m.total_tolerance),
+        inventory_id=settings.api.inventory_id,
+        create_missing_products=m.create_missing_products,
+    )
+
+
+def _derived_key(*parts: str) -> str:
+    return "isync-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+class EventProcessor:
+    """Turns one Kafka record into at most one document (see the module docstring)."""
+
+    def __init__(self, *, api: AccountingApi, ledger: Ledger, settings: Settings) -> None:
+        self._api = api
+        self._ledger = ledger
+        self._options = mapping_options(settings)
+        size, ttl = settings.pipeline.lookup_cache_size, settings.pipeline.lookup_cache_ttl_s
+        self._contacts: TtlCache[tuple[str, str], str] = TtlCache(maxsize=size, ttl_s=ttl)
+        self._products: TtlCache[str, str] = TtlCache(maxsize=size, ttl_s=ttl)
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> HandleResult:
+        """Process one record.
+
+        Raises:
+            PermanentEventError: the event cannot become a document (the pipeline
+                dead-letters it); ``details["event_type"]`` is set when known.
+            TransientError, ConfigurationFault: try again later.
+        """
+        event = parse_event(record.value or b"", key=record.key)
+        with bound_contextvars(order_id=event.order_id, event_type=event.event_type,
+                               event_id=event.event_id):
+            try:
+                return await self._handle_event(event)
+            except PermanentEventError as exc:
+                exc.details.setdefault("event_type", event.event_type)
+                raise
+
+    async def _handle_event(self, event: OrderEvent) -> HandleResult:
+        kind = document_kind(event, options=self._options)
+        if kind is None:
+            log.debug("event.skipped")
+            return HandleResult(event.event_type, "skipped")
+        plan = plan_document(event, options=self._options)
+        assert plan is not None
+        key = self._ledger_key(plan)
+        parent_payload: dict[str, Any] | None = None
+        parent_id: str | None = None
+        if kind == "credit_note":
+            invoice_key = LedgerKey(key.store_id, "invoice", key.order_id)
+            invoice = await self._ledger.get(invoice_key)
+            if invoice is None and event.event_type == ORDER_CANCELLED:
+                if await self._ledger.void(invoice_key, event_id=event.event_id):
+                    log.info("order.cancelled_before_invoice", reference=plan.invoice_reference)
+                    return HandleResult(event.event_type, "void")
+                invoice = await self._ledger.get(invoice_key)
+            if invoice is not None and invoice.state == "void":
+                return HandleResult(event.event_type, "void")
+            if invoice is None or invoice.state != "done" or not invoice.document_id:
+                raise NoOriginalInvoice(
+                    f"no invoice in the ledger for order {key.order_id}",
+                    invoice_reference=plan.invoice_reference,
+                )
+            parent_id = invoice.document_id
+            parent_payload = json.loads(invoice.payload) if invoice.payload else None
+
+        claim = await self._ledger.claim(
+            key, idempotency_key=plan.idempotency_key, reference=plan.reference,
+            event_id=event.event_id,
+        )
+        if claim.status is ClaimStatus.DONE:
+            DEDUPLICATED.labels(kind).inc()
+            log.debug("document.already_exists", reference=plan.reference)
+            return HandleResult(event.event_type, "duplicate")
+        if claim.status is ClaimStatus.VOID:
+            log.info("order.not_invoiced_cancelled", reference=plan.reference)
+            return HandleResult(event.event_type, "void")
+        try:
+            if claim.status is ClaimStatus.RESUME:
+                found = await self._find(kind, plan.reference)
+                if found is not None:
+                    await self._ledger.complete(key, document_id=str(found["id"]), payload=None)
+                    log.info("document.reconciled", kind=kind, reference=plan.reference,
+                             document_id=found["id"], attempt=claim.attempts)
+                    return HandleResult(event.event_type, "reconciled")
+            body = await self._body(plan, parent_id=parent_id, parent_payload=parent_payload)
+            document, outcome = await self._create(kind, plan, body)
+            await self._ledger.complete(
+                key, document_id=str(document["id"]), payload=json.dumps(body, default=str)
+            )
+        except PermanentEventError as exc:
+            await self._ledger.record_error(key, reason=exc.reason, dead_lettered=True)
+            raise
+        except TransientError as exc:
+            await self._ledger.record_error(key, reason=exc.reason, dead_lettered=False)
+            raise
+        if outcome == "created":
+            DOCUMENTS_CREATED.labels(kind).inc()
+        log.info("document.created" if outcome == "created" else "document.reconciled",
+                 kind=kind, reference=plan.reference, document_id=document["id"],
+                 attempt=claim.attempts, total=str(document.get("total", "")))
+        return HandleResult(event.event_type, outcome)
+
+    @staticmethod
+    def _ledger_key(plan: DocumentPlan) -> LedgerKey:
+        k = plan.ledger_key
+        sub = k.refund_id or ("cancel" if plan.kind == "credit_note" else "")
+        return LedgerKey(k.store_id, k.kind, k.order_id, sub)
+
+    async def _find(self, kind: str, reference: str) -> dict[str, Any] | None:
+        if kind == "invoice":
+            return await self._api.find_invoice(reference)
+        return await self._api.find_credit_note(reference)
+
+    async def _create(
+        self, kind: str, plan: DocumentPlan, body: dict[str, object]
+    ) -> tuple[dict[str, Any], str]:
+        try:
+            if kind == "invoice":
+                return await self._api.create_invoice(body, idempotency_key=plan.idempotency_key), "created"
+            return await self._api.create_credit_note(
+                body, idempotency_key=plan.idempotency_key
+            ), "created"
+        except DuplicateReference:
+            # The API has the reference already (an earlier attempt whose answer was lost):
+            # record that document, never dead-letter or create a second one.
+            found = await self._find(kind, plan.reference)
+            if found is None:
+                raise ApiUnavailable(
+                    "reference reported taken but not found yet", reference=plan.reference
+                ) from None
+            return found, "reconciled"
+
+    async def _body(
+        self, plan: DocumentPlan, *, parent_id: str | None,
+        parent_payload: dict[str, Any] | None,
+    ) -> dict[str, object]:
+        line_items: list[dict[str, object]] | None = None
+        if plan.mirror_invoice:
+            invoice = (parent_payload or {}).get("invoice")
+            if not invoice:
+                found = await self._api.find_invoice(plan.invoice_reference)
+                if found is None:
+                    raise NoOriginalInvoice(
+                        f"invoice {plan.invoice_reference} not found to mirror"
+                    )
+                invoice = found
+            contact_id = invoice["contact_id"]
+            line_items = [
+                {k: v for k, v in item.items() if k not in ("id", "line_total")}
+                for item in invoice["line_items"]
+            ]
+            product_ids: dict[str, str] = {}
+        else:
+            assert plan.customer is not None
+            contact_id = await self._contact_id(plan)
+            product_ids = {
+                p.sku: await self._product_id(p.sku, p.payload(), plan.create_missing_products)
+                for p in plan.products
+            }
+        body = plan.payload(
+            contact_id=contact_id, product_ids=product_ids, invoice_id=parent_id,
+            line_items=line_items,
+        )
+        if plan.kind == "credit_note":
+            inner = body["credit_note"]
+            assert isinstance(inner, dict)
+            inner.pop("invoice_id", None)
+            inner["parent_id"] = parent_id
+            inner["reason"] = plan.reason or "refund"
+        return body
+
+    async def _contact_id(self, plan: DocumentPlan) -> str:
+        customer = plan.customer
+        assert customer is not None
+        lookups = customer.lookups
+        identity = (lookups[0].field, lookups[0].value) if lookups else ("external_id",
+                                                                         customer.external_id)
+
+        async def load() -> str:
+            for lookup in lookups:
+                found = await self._api.find_customer(**{_FIND_ARG[lookup.field]: lookup.value})
+                if found is not None:
+                    return str(found["id"])
+            created = await self._api.create_customer(
+                customer.payload(), idempotency_key=_derived_key("contact", *identity)
+            )
+            log.info("customer.created", contact_id=created["id"])
+            return str(created["id"])
+
+        return await self._contacts.get_or_load(identity, load)
+
+    async def _product_id(self, sku: str, payload: dict[str, object], create: bool) -> str:
+        async def load() -> str:
+            found = await self._api.find_product(sku)
+            if found is not None:
+                return str(found["id"])
+            if not create:
+                raise UnknownSku(f"product {sku} does not exist in the API", sku=sku)
+            created = await self._api.create_product(
+                payload, idempotency_key=_derived_key("product", sku)
+            )
+            log.info("product.created", sku=sku, product_id=created["id"])
+            return str(created["id"])
+
+        return await self._products.get_or_load(sku, load)
+
+
+_FIND_ARG = {"tax_number": "tax_number", "email": "email", "phone_number": "phone"}

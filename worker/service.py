@@ -1,0 +1,84 @@
+"""``invoice-sync run``: wire the parts together and run until SIGTERM.
+
+Everything with a lifecycle (ledger, token provider, API session, DLQ producer, consumer,
+health server) is an async context manager composed in one ``AsyncExitStack``, so every exit
+path, a crash included, closes what was opened in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from worker.api import AccountingApi
+from worker.auth import build_auth
+from worker.dlq import DeadLetterWriter
+from worker.errors import ConfigurationFault, InvoiceSyncError
+from worker.health import HealthServer, HealthState
+from worker.kafka import consumer_options, producer_options
+from worker.ledger import open_ledger
+from worker.logs import get_logger
+from worker.pipeline import Pipeline
+from worker.processor import EventProcessor
+from worker.settings import Settings
+
+__all__ = ["run_service"]
+
+log = get_logger(__name__)
+
+
+async def run_service(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
+    """Run the worker until SIGTERM/SIGINT (or idle, when configured); return an exit code."""
+    health = HealthState(stall_timeout_s=settings.http.stall_timeout_s)
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(HealthServer(settings.http, health))
+        ledger = await stack.enter_async_context(open_ledger(settings.ledger))
+        auth = build_auth(settings)
+        await stack.enter_async_context(auth)
+        api = await stack.enter_async_context(
+            AccountingApi(settings.api, auth=auth, max_connections=settings.pipeline.max_in_flight)
+        )
+        producer = AIOKafkaProducer(**producer_options(settings.kafka))
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        writer = DeadLetterWriter(producer, settings=settings)
+        consumer = AIOKafkaConsumer(**consumer_options(settings.kafka))
+        pipeline = Pipeline(
+            consumer=consumer,
+            handler=EventProcessor(api=api, ledger=ledger, settings=settings),
+            dead_letters=writer.send,
+            settings=settings,
+            health=health,
+        )
+        consumer.subscribe(settings.kafka.topics, listener=pipeline.listener)
+        await consumer.start()
+        # Stopping the consumer leaves the group, so partitions move at once on shutdown.
+        stack.push_async_callback(consumer.stop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, pipeline, sig)
+            stack.callback(loop.remove_signal_handler, sig)
+        health.set_started(True)
+        health.set_assignment(0, waiting=True)
+        log.info("worker.started", topics=settings.kafka.topics, group=settings.kafka.group_id,
+                 metrics_port=server.port, max_in_flight=settings.pipeline.max_in_flight)
+        if ready is not None:
+            ready.set()
+        try:
+            await pipeline.run()
+        except ConfigurationFault as exc:
+            log.error("worker.configuration_fault", reason=exc.reason, message=exc.message)
+            return 2
+        except InvoiceSyncError as exc:
+            log.error("worker.failed", reason=exc.reason, message=exc.message)
+            return 1
+    log.info("worker.stopped")
+    return 0
+
+
+def _on_signal(pipeline: Pipeline, sig: signal.Signals) -> None:
+    log.info("worker.stopping", signal=sig.name)
+    pipeline.stop()
