@@ -96,7 +96,7 @@ class KafkaSettings(_Group):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
     client_id: str = Field("invoice-sync", description="Client id sent to the brokers.")
     group_id: str = Field("invoice-sync", description="Consumer group; replicas share it.")
-    topics: list[str] = Field(["orders"], description="Source topics (JSON list or one name).")
+    topics: list[str] = Field(["orders"], description="Source topics, a JSON list such as [\"orders\"].")
     dlq_topic: str | None = Field(
         None, description="Dead-letter topic; default is `<source topic>.dlq`."
     )
@@ -444,3 +444,20 @@ def env_var_names() -> dict[str, FieldInfo]:
         for field_name, field in model.model_fields.items():
             names[f"{ENV_PREFIX}{group_name.upper()}{_DELIM}{field_name.upper()}"] = field
     return names
+
+
+def settings_table_markdown() -> str:
+    """The README's configuration table, generated so a test can keep the two in sync."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    defaults = Settings.model_construct()
+    for var, field in env_var_names().items():
+        group, name = var.removeprefix(ENV_PREFIX).lower().split(_DELIM)
+        value = getattr(getattr(defaults, group), name)
+        if isinstance(value, SecretStr):
+            shown = "(secret)"
+        elif value is None:
+            shown = ""
+        else:
+            shown = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        rows.append(f"| `{var}` | `{shown}` | {field.description or ''} |".replace("``", ""))
+    return "\n".join(rows)

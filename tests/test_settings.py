@@ -1,0 +1,128 @@
+"""Settings: env and file sources, masking, validation messages, README in sync."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.errors import SettingsError
+from worker.settings import load_settings, settings_table_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT,
+    )
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
+    for key in list(os.environ):
+        if key.startswith("INVOICE_SYNC_"):
+            monkeypatch.delenv(key)
+    return env
+
+
+class TestConfigCommand:
+    def test_secret_from_env_is_masked(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`invoice-sync config` prints a masked client secret, never the value."""
+        env = _clean_env(monkeypatch) | {"INVOICE_SYNC_OAUTH__CLIENT_SECRET": "xyz-secret-value"}
+        result = _cli("config", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "xyz-secret-value" not in result.stdout + result.stderr
+        assert json.loads(result.stdout)["oauth"]["client_secret"] == "**********"
+
+    def test_short_secret_is_masked_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The issue's example, INVOICE_SYNC_OAUTH__CLIENT_SECRET=xyz, never shows xyz."""
+        env = _clean_env(monkeypatch) | {"INVOICE_SYNC_OAUTH__CLIENT_SECRET": "xyz"}
+        result = _cli("config", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "xyz" not in result.stdout + result.stderr
+
+    def test_invalid_config_names_setting_not_value(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bad setting stops start-up naming the variable and rule, without the secret."""
+        env = _clean_env(monkeypatch) | {
+            "INVOICE_SYNC_OAUTH__CLIENT_SECRET": "s3cr3t-never-printed",
+            "INVOICE_SYNC_OAUTH__TOKEN_URL": "http://auth.example.com/token",
+            "INVOICE_SYNC_API__TIMEOUT_S": "not-a-number",
+        }
+        result = _cli("config", env=env)
+        assert result.returncode == 2
+        assert "INVOICE_SYNC_API__TIMEOUT_S" in result.stderr
+        assert "https" in result.stderr and "token_url" in result.stderr
+        assert "s3cr3t-never-printed" not in result.stdout + result.stderr
+        assert "not-a-number" not in result.stderr
+
+
+class TestSecretFiles:
+    def test_file_variable_is_used(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """INVOICE_SYNC_OAUTH__CLIENT_SECRET_FILE supplies the secret's value."""
+        _clean_env(monkeypatch)
+        path = tmp_path / "client-secret"
+        path.write_text("from-a-mounted-file\n")
+        monkeypatch.setenv("INVOICE_SYNC_OAUTH__CLIENT_SECRET_FILE", str(path))
+        settings = load_settings()
+        assert settings.oauth.client_secret.get_secret_value() == "from-a-mounted-file"
+
+    def test_secrets_dir_is_used(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A file named like the setting in INVOICE_SYNC_SECRETS_DIR supplies the secret."""
+        _clean_env(monkeypatch)
+        (tmp_path / "ledger__password").write_text("db-pass")
+        monkeypatch.setenv("INVOICE_SYNC_SECRETS_DIR", str(tmp_path))
+        assert load_settings().ledger.password is not None
+        assert load_settings().ledger.password.get_secret_value() == "db-pass"  # type: ignore[union-attr]
+
+    def test_missing_file_is_a_clear_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A _FILE pointing nowhere names the variable."""
+        _clean_env(monkeypatch)
+        monkeypatch.setenv("INVOICE_SYNC_OAUTH__CLIENT_SECRET_FILE", "/nonexistent/secret")
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_OAUTH__CLIENT_SECRET_FILE"):
+            load_settings()
+
+
+class TestRules:
+    def test_kafka_sasl_needs_mechanism_and_credentials(self) -> None:
+        """SASL_SSL without a mechanism is refused with the rule named."""
+        with pytest.raises(SettingsError, match="sasl_mechanism"):
+            load_settings(kafka={"security_protocol": "SASL_SSL"})
+
+    def test_real_cluster_settings_accepted(self) -> None:
+        """SASL_SSL + SCRAM-SHA-512 + CA file is a valid Kafka configuration."""
+        s = load_settings(kafka={
+            "bootstrap_servers": "b1:9096", "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u", "sasl_password": "p",
+            "ssl_cafile": "/etc/ssl/ca.pem",
+        })
+        assert s.kafka.sasl_mechanism == "SCRAM-SHA-512"
+        assert "p" not in repr(s.kafka.sasl_password)
+
+    def test_retry_budget_must_fit_poll_interval(self) -> None:
+        """A retry budget longer than max_poll_interval_ms refuses to start, saying why."""
+        with pytest.raises(SettingsError, match="max_poll_interval_ms"):
+            load_settings(pipeline={"max_retry_s": 900}, kafka={"max_poll_interval_ms": 600000})
+
+    def test_ledger_url_must_not_embed_password(self) -> None:
+        """A password inside the ledger URL is refused (it belongs in ledger.password)."""
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_LEDGER__URL") as info:
+            load_settings(ledger={"url": "postgresql://u:hunter22@db/x"})
+        assert "hunter22" not in str(info.value)
+
+
+class TestReadme:
+    def test_configuration_table_matches_settings(self) -> None:
+        """README's configuration table is exactly the one generated from the settings."""
+        readme = (ROOT / "README.md").read_text()
+        start = readme.index("<!-- settings-table:start -->\n") + len(
+            "<!-- settings-table:start -->\n"
+        )
+        end = readme.index("\n<!-- settings-table:end -->")
+        assert readme[start:end] == settings_table_markdown()
