@@ -71,7 +71,6 @@ from worker.errors import (
     InvoiceSyncError,
     SettingsError,
     TokenUnavailable,
-    TransientError,
 )
 from worker.logs import get_logger, register_secret, scrub
 from worker.metrics import (
@@ -193,13 +192,15 @@ def _json_default(obj: object) -> object:
     if isinstance(obj, Decimal):
         return str(obj)
     if isinstance(obj, set | frozenset):
-        return sorted(obj)  # type: ignore[type-var]
+        return sorted(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def encode_json(obj: Any) -> bytes:
     """Compact UTF-8 JSON; a ``Decimal`` becomes its exact string (never a float)."""
-    return json.dumps(obj, default=_json_default, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        obj, default=_json_default, separators=(",", ":"), ensure_ascii=False
+    ).encode()
 
 
 def _short(text: object) -> str:
@@ -384,7 +385,7 @@ class ClientCredentialsProvider(TokenProvider):
         self._settings = settings
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter only
+        self._rng = rng if rng is not None else random.Random()
         self._session = session
         self._own_session = session is None
         self._timeout = aiohttp.ClientTimeout(
@@ -601,8 +602,7 @@ class ClientCredentialsProvider(TokenProvider):
                         status=exc.status,
                     )
                     raise TokenUnavailable(
-                        f"token endpoint unavailable after {attempts} attempts "
-                        f"(last: {exc.kind})",
+                        f"token endpoint unavailable after {attempts} attempts (last: {exc.kind})",
                         status=exc.status,
                         error_kind=exc.kind,
                         attempts=attempts,
@@ -772,10 +772,11 @@ class ClientCredentialsProvider(TokenProvider):
                 scope=self._scope_param,
             )
 
-        if self.grant == "refresh_token":
-            # Rotation: the newest refresh token replaces the one just spent.
-            if isinstance(new_refresh, str) and new_refresh and new_refresh != used_refresh:
-                self._refresh_token = new_refresh
+        # Rotation (refresh grant only): the newest refresh token replaces the spent one.
+        # For client credentials a returned refresh token is ignored (RFC 6749 4.4.3).
+        rotated = isinstance(new_refresh, str) and bool(new_refresh) and new_refresh != used_refresh
+        if self.grant == "refresh_token" and rotated:
+            self._refresh_token = new_refresh
         _check_jwt_exp(value, lifetime)
 
         skew = min(self._settings.skew_s, lifetime / 2)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Literal, NamedTuple
@@ -645,32 +645,29 @@ def plan_document(
     issue_date = event.occurred_at.astimezone(ZoneInfo(options.timezone)).date()
     order = event.order
 
-    def plan(**fields: object) -> DocumentPlan:
-        return DocumentPlan(
-            kind=kind,
-            ledger_key=key,
-            idempotency_key=idempotency_key(key),
-            invoice_reference=event.order_id,
-            issue_date=issue_date,
-            status=options.status,
-            inventory_id=options.inventory_id,
-            create_missing_products=options.create_missing_products,
-            **fields,  # type: ignore[arg-type]
-        )
-
+    # Without its order (only a cancellation may omit it) the credit note mirrors the original
+    # invoice; every other plan fills in this one.
+    mirror = DocumentPlan(
+        kind=kind,
+        ledger_key=key,
+        idempotency_key=idempotency_key(key),
+        reference=f"{event.order_id}-CN-cancel",
+        invoice_reference=event.order_id,
+        invoice_kind=None,
+        issue_date=issue_date,
+        due_date=None,
+        status=options.status,
+        inventory_id=options.inventory_id,
+        currency=None,
+        customer=None,
+        products=(),
+        lines=(),
+        reason=event.reason,
+        mirror_invoice=True,
+        create_missing_products=options.create_missing_products,
+    )
     if order is None:
-        # Only a cancellation may come without its order: mirror the original invoice.
-        return plan(
-            reference=f"{event.order_id}-CN-cancel",
-            invoice_kind=None,
-            due_date=None,
-            currency=None,
-            customer=None,
-            products=(),
-            lines=(),
-            reason=event.reason,
-            mirror_invoice=True,
-        )
+        return mirror
 
     invoice_kind = _check_buyer(order.customer)
     priced = _price_order(order, options)
@@ -695,7 +692,9 @@ def plan_document(
         )
         expected, declared = sent, None
 
-    return plan(
+    return replace(
+        mirror,
+        mirror_invoice=False,
         reference=reference,
         invoice_kind=invoice_kind,
         due_date=due_date,

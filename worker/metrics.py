@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from worker import __version__
+from worker.errors import DLQ_REASONS
 
 __all__ = [
     "API_LATENCY",
@@ -35,6 +36,7 @@ __all__ = [
     "TOKEN_FETCH_LATENCY",
     "TOKEN_RENEWALS_401",
     "event_type_label",
+    "initialise_label_sets",
     "status_class",
 ]
 
@@ -154,3 +156,19 @@ def status_class(status: int | None) -> str:
     if status is None:
         return "error"
     return f"{status // 100}xx"
+
+
+def initialise_label_sets() -> None:
+    """Create every child of the closed label sets alerts count on, at zero.
+
+    ``increase()`` cannot see a counter's first step from "no series" to 1, so a first dead
+    letter would never alert; a series that already exists at 0 makes that step visible.
+    Existing values are left as they are, so calling this again is harmless.
+    """
+    for reason in DLQ_REASONS:
+        DEAD_LETTERS.labels(reason)
+    for kind in ("invoice", "credit_note"):
+        DOCUMENTS_CREATED.labels(kind)
+        DEDUPLICATED.labels(kind)
+    for reason in ("auth_configuration", "insufficient_scope"):
+        CONFIG_FAULT.labels(reason)

