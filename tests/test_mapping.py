@@ -87,10 +87,15 @@ class TestOptions:
 
     @pytest.mark.parametrize(
         "kwargs",
-        [{"timezone": "Mars/Olympus"}, {"total_tolerance": Decimal("-0.01")}, {"due_days": -1}],
+        [
+            {"timezone": "Mars/Olympus"},
+            {"total_tolerance": Decimal("-0.01")},
+            {"due_days": -1},
+            {"invoice_trigger": "order.shipped"},
+        ],
     )
     def test_bad_options_raise_settings_error(self, kwargs: dict[str, Any]) -> None:
-        """Unknown zones and negative tolerances or due days are refused at construction."""
+        """Unknown zones, triggers without an order, negative tolerance or due days: refused."""
         with pytest.raises(SettingsError):
             MappingOptions(**kwargs)
 
@@ -409,7 +414,8 @@ class TestCreditNotes:
         body = plan.payload(contact_id=7, product_ids={"MUG-01": 1}, invoice_id=555)
         note = body["credit_note"]
         assert isinstance(note, dict)
-        assert (note["invoice_id"], note["reference"]) == (555, "ORD-1001-CN-RF-77")
+        assert (note["parent_id"], note["reference"]) == (555, "ORD-1001-CN-RF-77")
+        assert note["reason"] == "Damaged in transit"
         assert "due_date" not in note
 
     def test_full_refund_mirrors_invoice(self) -> None:
@@ -466,8 +472,11 @@ class TestCreditNotes:
 
     def test_cancellation_without_order(self) -> None:
         """Envelope-only cancellations mirror the original invoice's lines in the I/O layer."""
-        plan = _plan(_data("order.cancelled.json"))
+        data = _data("order.cancelled.json")
+        del data["reason"]
+        plan = _plan(data)
         assert plan.mirror_invoice
+        assert plan.reason == "Order cancelled"
         assert (plan.reference, plan.invoice_reference) == ("ORD-1002-CN-cancel", "ORD-1002")
         assert plan.lines == ()
         assert plan.customer is None

@@ -20,7 +20,6 @@ configuration fault. Both answer JSON with the reasons, 200 when fine and 503 wh
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import sys
@@ -43,7 +42,7 @@ __all__ = ["CONFIG_FAULT_REASONS", "HealthServer", "HealthState", "check_health"
 CONFIG_FAULT_REASONS: Final = ("auth_configuration", "insufficient_scope")
 
 _CHECK_TIMEOUT_S: Final = 3.0
-_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not binds
+_WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::"})
 
 
 class HealthState:
@@ -276,7 +275,7 @@ async def check_health(settings: Settings, *, url: str | None = None) -> int:
         ):
             body = await response.text()
             status = response.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         print(f"unhealthy: {target} unreachable ({type(exc).__name__})", file=sys.stdout)
         return 1
     detail = _one_line(body)

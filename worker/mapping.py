@@ -50,6 +50,7 @@ from worker.errors import (
 )
 from worker.events import (
     ORDER_CANCELLED,
+    ORDER_CREATED,
     ORDER_PAID,
     ORDER_REFUNDED,
     Address,
@@ -115,6 +116,8 @@ EXEMPTION_CODES: Mapping[str, frozenset[str]] = {
 }
 
 _SAUDI_VAT = re.compile(r"3[0-9]{13}3")
+#: Credit-note reason when the event gives none (the API requires one).
+_DEFAULT_REASON = "Order cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,8 @@ class MappingOptions:
     """The mapping knobs (``settings.mapping`` and ``settings.api.inventory_id``).
 
     Raises:
-        SettingsError: an unknown timezone, a negative tolerance or negative ``due_days``.
+        SettingsError: an unknown timezone, a trigger other than order.created/order.paid,
+            a negative tolerance or negative ``due_days``.
     """
 
     invoice_trigger: str = ORDER_PAID
@@ -141,6 +145,9 @@ class MappingOptions:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise SettingsError(f"mapping.timezone: unknown zone {self.timezone!r}") from None
+        if self.invoice_trigger not in (ORDER_CREATED, ORDER_PAID):
+            # Only these two types carry a full order by contract.
+            raise SettingsError("mapping.invoice_trigger: must be order.created or order.paid")
         if self.total_tolerance < 0:
             raise SettingsError("mapping.total_tolerance: must not be negative")
         if self.due_days < 0:
@@ -307,7 +314,9 @@ class DocumentPlan:
     ) -> dict[str, object]:
         """The ``{"invoice": ...}`` or ``{"credit_note": ...}`` body.
 
-        ``line_items`` overrides the plan's lines (required when ``mirror_invoice``).
+        A credit note names its invoice as ``parent_id`` (``invoice_id``, the API's id of the
+        original invoice) and always carries a ``reason``. ``line_items`` overrides the plan's
+        lines (required when ``mirror_invoice``).
 
         Raises:
             KeyError: a SKU of the plan is missing from ``product_ids``.
@@ -327,9 +336,8 @@ class DocumentPlan:
             body["due_date"] = (self.due_date or self.issue_date).isoformat()
         else:
             if invoice_id is not None:
-                body["invoice_id"] = invoice_id
-            if self.reason:
-                body["notes"] = self.reason
+                body["parent_id"] = invoice_id
+            body["reason"] = self.reason or _DEFAULT_REASON
         if self.inventory_id is not None:
             body["inventory_id"] = self.inventory_id
         body["line_items"] = [dict(item) for item in line_items]
@@ -662,7 +670,7 @@ def plan_document(
         customer=None,
         products=(),
         lines=(),
-        reason=event.reason,
+        reason=event.reason or _DEFAULT_REASON,
         mirror_invoice=True,
         create_missing_products=options.create_missing_products,
     )
@@ -680,11 +688,11 @@ def plan_document(
         reference, reason = event.order_id, None
         due_date = issue_date + timedelta(days=options.due_days)
     elif event.refund is None:  # order.cancelled
-        reference, reason = f"{event.order_id}-CN-cancel", event.reason
+        reference, reason = f"{event.order_id}-CN-cancel", event.reason or _DEFAULT_REASON
     else:
         lines = _refund_lines(event.refund, order, priced)
         reference = f"{event.order_id}-CN-{event.refund.refund_id}"
-        reason = event.refund.reason or event.reason
+        reason = event.refund.reason or event.reason or f"Refund {event.refund.refund_id}"
         sent = compute_document(
             [line.line_input() for line in lines],
             currency=order.currency,

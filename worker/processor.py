@@ -135,8 +135,8 @@ class EventProcessor:
         self._ledger = ledger
         self._options = mapping_options(settings)
         size, ttl = settings.pipeline.lookup_cache_size, settings.pipeline.lookup_cache_ttl_s
-        self._contacts: TtlCache[tuple[str, str], str] = TtlCache(maxsize=size, ttl_s=ttl)
-        self._products: TtlCache[str, str] = TtlCache(maxsize=size, ttl_s=ttl)
+        self._contacts: TtlCache[tuple[str, str], int | str] = TtlCache(maxsize=size, ttl_s=ttl)
+        self._products: TtlCache[str, int | str] = TtlCache(maxsize=size, ttl_s=ttl)
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> HandleResult:
         """Process one record.
@@ -164,7 +164,7 @@ class EventProcessor:
         assert plan is not None
         key = self._ledger_key(plan)
         parent_payload: dict[str, Any] | None = None
-        parent_id: str | None = None
+        parent_id: int | str | None = None
         if kind == "credit_note":
             invoice_key = LedgerKey(key.store_id, "invoice", key.order_id)
             invoice = await self._ledger.get(invoice_key)
@@ -180,7 +180,9 @@ class EventProcessor:
                     f"no invoice in the ledger for order {key.order_id}",
                     invoice_reference=plan.invoice_reference,
                 )
-            parent_id = invoice.document_id
+            parent_id = int(invoice.document_id) if invoice.document_id.isdigit() else (
+                invoice.document_id
+            )
             parent_payload = json.loads(invoice.payload) if invoice.payload else None
 
         claim = await self._ledger.claim(
@@ -235,11 +237,12 @@ class EventProcessor:
         self, kind: str, plan: DocumentPlan, body: dict[str, object]
     ) -> tuple[dict[str, Any], str]:
         try:
+            inner = body[kind]
+            assert isinstance(inner, dict)
+            key = plan.idempotency_key
             if kind == "invoice":
-                return await self._api.create_invoice(body, idempotency_key=plan.idempotency_key), "created"
-            return await self._api.create_credit_note(
-                body, idempotency_key=plan.idempotency_key
-            ), "created"
+                return await self._api.create_invoice(inner, idempotency_key=key), "created"
+            return await self._api.create_credit_note(inner, idempotency_key=key), "created"
         except DuplicateReference:
             # The API has the reference already (an earlier attempt whose answer was lost):
             # record that document, never dead-letter or create a second one.
@@ -251,7 +254,7 @@ class EventProcessor:
             return found, "reconciled"
 
     async def _body(
-        self, plan: DocumentPlan, *, parent_id: str | None,
+        self, plan: DocumentPlan, *, parent_id: int | str | None,
         parent_payload: dict[str, Any] | None,
     ) -> dict[str, object]:
         line_items: list[dict[str, object]] | None = None
@@ -269,12 +272,14 @@ class EventProcessor:
                 {k: v for k, v in item.items() if k not in ("id", "line_total")}
                 for item in invoice["line_items"]
             ]
-            product_ids: dict[str, str] = {}
+            product_ids: dict[str, int | str] = {}
         else:
             assert plan.customer is not None
             contact_id = await self._contact_id(plan)
             product_ids = {
-                p.sku: await self._product_id(p.sku, p.payload(), plan.create_missing_products)
+                p.sku: await self._product_id(
+                    p.sku, p.payload()["product"], plan.create_missing_products  # type: ignore[arg-type]
+                )
                 for p in plan.products
             }
         body = plan.payload(
@@ -289,40 +294,51 @@ class EventProcessor:
             inner["reason"] = plan.reason or "refund"
         return body
 
-    async def _contact_id(self, plan: DocumentPlan) -> str:
+    async def _contact_id(self, plan: DocumentPlan) -> int | str:
         customer = plan.customer
         assert customer is not None
         lookups = customer.lookups
         identity = (lookups[0].field, lookups[0].value) if lookups else ("external_id",
                                                                          customer.external_id)
 
-        async def load() -> str:
+        async def load() -> int | str:
             for lookup in lookups:
                 found = await self._api.find_customer(**{_FIND_ARG[lookup.field]: lookup.value})
                 if found is not None:
-                    return str(found["id"])
+                    return _id(found)
             created = await self._api.create_customer(
-                customer.payload(), idempotency_key=_derived_key("contact", *identity)
+                customer.payload()["contact"],  # the API adds the envelope
+                idempotency_key=_derived_key("contact", *identity),
             )
             log.info("customer.created", contact_id=created["id"])
-            return str(created["id"])
+            return _id(created)
 
         return await self._contacts.get_or_load(identity, load)
 
-    async def _product_id(self, sku: str, payload: dict[str, object], create: bool) -> str:
-        async def load() -> str:
+    async def _product_id(
+        self, sku: str, payload: dict[str, object], create: bool
+    ) -> int | str:
+        async def load() -> int | str:
             found = await self._api.find_product(sku)
             if found is not None:
-                return str(found["id"])
+                return _id(found)
             if not create:
                 raise UnknownSku(f"product {sku} does not exist in the API", sku=sku)
             created = await self._api.create_product(
                 payload, idempotency_key=_derived_key("product", sku)
             )
             log.info("product.created", sku=sku, product_id=created["id"])
-            return str(created["id"])
+            return _id(created)
 
         return await self._products.get_or_load(sku, load)
+
+
+def _id(resource: dict[str, Any]) -> int | str:
+    """The API's id as it gave it (Qoyod ids are integers; keep their type in bodies)."""
+    value = resource["id"]
+    if isinstance(value, int | str):
+        return value
+    raise ApiUnavailable("resource without a usable id")
 
 
 _FIND_ARG = {"tax_number": "tax_number", "email": "email", "phone_number": "phone"}

@@ -164,7 +164,9 @@ class ApiSettings(_Group):
     allow_insecure_http: bool = Field(
         False, description="Allow http:// to a non-loopback host (development only)."
     )
-    inventory_id: int | None = Field(None, description="Inventory (warehouse) id on documents.")
+    inventory_id: int | None = Field(
+        1, description="Inventory (warehouse) id on documents (Qoyod requires one)."
+    )
 
     @model_validator(mode="after")
     def _key_when_api_key_mode(self) -> ApiSettings:
