@@ -46,6 +46,7 @@ from worker.errors import (
     ConnectionFailed,
     DuplicateReference,
     InsufficientScope,
+    InvoiceSyncError,
     RateLimited,
     for_status,
 )
@@ -256,26 +257,29 @@ class AccountingApi:
             raise RuntimeError(f"AccountingApi is {self._state}, not running")
         started = time.perf_counter()
         status: int | None = None
+        failure: InvoiceSyncError | None = None
         try:
             resp = await self._auth.send(
                 session, method, url, json=json, headers=headers, endpoint=endpoint
             )
             status = resp.status
         except TimeoutError:
-            raise ApiTimeout(
-                f"{method} {endpoint} timed out", endpoint=endpoint, method=method
-            ) from None
+            failure = ApiTimeout(f"{method} {endpoint} timed out", endpoint=endpoint, method=method)
         except aiohttp.ClientError as exc:
             # ServerDisconnectedError, ClientConnectorError, ClientOSError (reset),
-            # ClientPayloadError. Rebuilt without the aiohttp object (no request info).
-            raise ConnectionFailed(
+            # ClientPayloadError, and ClientResponseError for a malformed response - whose
+            # request_info holds our headers. Only the type name survives.
+            failure = ConnectionFailed(
                 f"{method} {endpoint}: {type(exc).__name__}",
                 endpoint=endpoint,
                 method=method,
                 error_kind=type(exc).__name__,
-            ) from None
+            )
         finally:
             self._observe(endpoint, method, status, time.perf_counter() - started)
+        if failure is not None:
+            # Raised outside the except block: no __context__ points at the aiohttp error.
+            raise failure
         return resp
 
     def _observe(self, endpoint: str, method: str, status: int | None, seconds: float) -> None:

@@ -667,6 +667,7 @@ class ClientCredentialsProvider(TokenProvider):
         body, used_refresh = self._body()
         sent_at = self._clock()
         started = time.perf_counter()
+        failure: _Transient | None = None
         try:
             async with session.post(
                 self._settings.token_url,
@@ -680,11 +681,13 @@ class ClientCredentialsProvider(TokenProvider):
                 content_type = resp.content_type
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except TimeoutError:
-            raise _Transient("timeout") from None
+            failure = _Transient("timeout")
         except aiohttp.ClientError as exc:
-            raise _Transient(type(exc).__name__) from None
+            failure = _Transient(type(exc).__name__)  # only the type: no request info
         finally:
             TOKEN_FETCH_LATENCY.labels(self.grant).observe(time.perf_counter() - started)
+        if failure is not None:
+            raise failure  # outside the except block, so no __context__ to the aiohttp error
 
         if status == 200:
             return self._parse_success(payload, content_type, sent_at, used_refresh)

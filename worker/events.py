@@ -74,6 +74,7 @@ __all__ = [
     "Tax",
     "Totals",
     "parse_event",
+    "parse_event_dict",
 ]
 
 SCHEMA_VERSION: Final = "1"
@@ -459,7 +460,22 @@ def parse_event(
         raise MalformedEvent(f"event is not valid JSON: {message}"[:200]) from None
     if not isinstance(data, dict):
         raise InvalidEvent("event: must be a JSON object")
+    return parse_event_dict(data, key=key)
 
+
+def parse_event_dict(data: dict[str, Any], *, key: bytes | None = None) -> OrderEvent:
+    """Validate one already-decoded v1 event (a dict, as ``parse_event`` gets from JSON).
+
+    The platform adapters (:mod:`worker.platforms`) build such dicts from webhook payloads;
+    this applies exactly the checks ``parse_event`` applies after decoding. Numbers should be
+    ``Decimal``, ``int`` or decimal strings (a Python ``float`` is refused).
+
+    Raises:
+        UnsupportedSchemaVersion: ``schema_version`` is a string other than ``"1"``.
+        InvalidEvent: ``data`` is not a dict, or any contract violation (as ``parse_event``).
+    """
+    if not isinstance(data, dict):
+        raise InvalidEvent("event: must be a JSON object")
     ids = {k: data[k] for k in ("event_id", "order_id") if isinstance(data.get(k), str)}
     version = data.get("schema_version")
     if version is None:

@@ -50,6 +50,7 @@ __all__ = [
     "MappingSettings",
     "OAuthSettings",
     "PipelineSettings",
+    "PlatformSettings",
     "Settings",
     "env_var_names",
     "load_settings",
@@ -295,6 +296,68 @@ class LoggingSettings(_Group):
     format: Literal["json", "console"] = Field("json", description="json for machines.")
 
 
+class PlatformSettings(_Group):
+    """Platform webhook payloads (Salla, Zid, Shopify) read from Kafka; docs/platforms/."""
+
+    format_header: str = Field(
+        "x-event-source",
+        description="Record header naming the format (v1, salla, zid, shopify) on mixed topics.",
+    )
+    default_country_code: str = Field(
+        "SA", pattern=r"^[A-Z]{2}$", description="Buyer country when the payload has no ISO code."
+    )
+    untaxed_category: Literal["Z", "E", "O"] = Field(
+        "O", description="ZATCA category of untaxed (0 %) lines and shipping."
+    )
+    untaxed_exemption_code: str = Field(
+        "VATEX-SA-OOS",
+        pattern=r"^VATEX-SA-[A-Z0-9-]{2,10}$",
+        description="VATEX code sent with untaxed_category.",
+    )
+    salla_paid_statuses: list[str] = Field(
+        ["in_progress", "completed", "delivering", "delivered", "shipped"],
+        description="Salla order status slugs that mean paid (invoice).",
+    )
+    salla_vat_number_fields: list[str] = Field(
+        ["customer.vat_number", "customer.tax_number"],
+        description="Where a Salla buyer VAT number is read (paths in data); none = individual.",
+    )
+    salla_building_number_fields: list[str] = Field(
+        ["shipping.address.building_number", "customer.address.building_number"],
+        description="Where a Salla national-address building number is read (paths in data).",
+    )
+    salla_webhook_secret: SecretStr | None = Field(
+        None, description="Verify X-Salla-Signature with this secret (secret; unset = off)."
+    )
+    zid_paid_statuses: list[str] = Field(
+        ["paid", "delivered"],
+        description="Zid payment_status or order_status.code values that mean paid.",
+    )
+    zid_vat_number_fields: list[str] = Field(
+        ["customer.vat_number", "customer.tax_number"],
+        description="Where a Zid buyer VAT number is read (paths in the order).",
+    )
+    zid_building_number_fields: list[str] = Field(
+        ["shipping.address.building_number"],
+        description="Where a Zid national-address building number is read (paths in the order).",
+    )
+    shopify_paid_statuses: list[str] = Field(
+        ["paid"],
+        description="Shopify financial_status values that mean paid (orders/paid always does).",
+    )
+    shopify_vat_number_fields: list[str] = Field(
+        ["note_attributes[vat_number]"],
+        description="Where a Shopify buyer VAT number is read (paths in the order).",
+    )
+    shopify_building_number_fields: list[str] = Field(
+        ["note_attributes[building_number]"],
+        description="Where a Shopify national-address building number is read.",
+    )
+    shopify_webhook_secret: SecretStr | None = Field(
+        None, description="Verify X-Shopify-Hmac-Sha256 with this secret (secret; unset = off)."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the worker needs, grouped as the environment variables are."""
 
@@ -315,6 +378,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    platforms: PlatformSettings = Field(default_factory=PlatformSettings)
 
     @model_validator(mode="after")
     def _retry_budget_fits_poll_interval(self) -> Settings:

@@ -1,0 +1,334 @@
+"""Logging: the redaction processor on its own, and the whole pipeline end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from worker.logs import (
+    REDACTED,
+    RedactSecrets,
+    configure_logging,
+    forget_secrets,
+    get_logger,
+    register_secret,
+    reset_logging,
+    scrub,
+)
+
+SECRET = "s3cr3t-client-value-9f2c"
+TOKEN = "opaque-access-token-77aa"
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry() -> Iterator[None]:
+    forget_secrets()
+    yield
+    forget_secrets()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger and the library loggers back as pytest had them."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    libs = {n: logging.getLogger(n).level for n in ("aiokafka", "aiohttp.access", "asyncio")}
+    yield
+    reset_logging()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    for name, lvl in libs.items():
+        logging.getLogger(name).setLevel(lvl)
+
+
+@pytest.fixture
+def json_logs(restore_logging: None) -> io.StringIO:
+    """The JSON pipeline writing to a buffer at INFO."""
+    buf = io.StringIO()
+    configure_logging(level="INFO", fmt="json", stream=buf)
+    return buf
+
+
+def _lines(buf: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def _redact(event_dict: dict[str, object]) -> dict[str, object]:
+    return RedactSecrets()(None, "info", event_dict)
+
+
+class TestScrub:
+    def test_registered_secret_is_removed(self) -> None:
+        """A registered value disappears wherever it occurs in a string."""
+        register_secret(SECRET)
+        assert scrub(f"login with {SECRET} failed") == f"login with {REDACTED} failed"
+
+    def test_short_values_are_not_registered(self) -> None:
+        """Values under six characters would scrub ordinary words, so they are ignored."""
+        register_secret("abc")
+        register_secret(None)
+        assert scrub("abc abcdef") == "abc abcdef"
+
+    def test_longest_secret_wins(self) -> None:
+        """A secret containing another registered one is removed whole."""
+        register_secret("abcdef")
+        register_secret("abcdefghijkl")
+        assert scrub("x abcdefghijkl y") == f"x {REDACTED} y"
+
+    def test_forget_clears_registry(self) -> None:
+        """forget_secrets empties the registry."""
+        register_secret(SECRET)
+        forget_secrets()
+        assert scrub(SECRET) == SECRET
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("Authorization: Bearer abc.def-123", f"Authorization: Bearer {REDACTED}"),
+            ("basic ZGVtbzpzZWNyZXQ=", f"basic {REDACTED}"),
+            (
+                "grant_type=client_credentials&client_secret=xyz123&scope=a",
+                f"grant_type=client_credentials&client_secret={REDACTED}&scope=a",
+            ),
+            (
+                '{"access_token": "abc123", "expires_in": 3600}',
+                f'{{"access_token": "{REDACTED}", "expires_in": 3600}}',
+            ),
+            ("GET /cb?refresh_token=rt-1&x=1", f"GET /cb?refresh_token={REDACTED}&x=1"),
+            ("postgresql://app:pw-123@db:5432/x", f"postgresql://app:{REDACTED}@db:5432/x"),
+            ("token sbx_at_abcDEF123 issued", f"token {REDACTED} issued"),
+            ("jwt eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl end", f"jwt {REDACTED} end"),
+        ],
+    )
+    def test_credential_shapes_are_scrubbed(self, text: str, expected: str) -> None:
+        """Bearer/Basic values, secret pairs, URL passwords and token shapes are scrubbed."""
+        assert scrub(text) == expected
+
+    def test_setting_names_in_errors_stay_readable(self) -> None:
+        """A settings error that names a password setting keeps its message."""
+        text = "INVOICE_SYNC_LEDGER__PASSWORD: Field required"
+        assert scrub(text) == text
+
+
+class TestRedactSecrets:
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "token",
+            "access_token",
+            "client_secret",
+            "password",
+            "Authorization",
+            "api_key",
+            "api-key",
+            "Cookie",
+            "set_cookie",
+            "credentials",
+        ],
+    )
+    def test_credential_keys_are_dropped(self, key: str) -> None:
+        """A key that names a credential loses its value, whatever the value is."""
+        assert _redact({"event": "x", key: "harmless-looking"})[key] == REDACTED
+
+    def test_nested_keys_are_redacted_at_any_depth(self) -> None:
+        """Credential keys inside nested dicts and lists are redacted too."""
+        out = _redact(
+            {
+                "event": "http.request",
+                "request": {"headers": {"Authorization": "Basic abc", "Accept": "json"}},
+                "attempts": [{"body": {"client_secret": "zzz", "scope": "a b"}}],
+            }
+        )
+        assert out["request"] == {"headers": {"Authorization": REDACTED, "Accept": "json"}}
+        assert out["attempts"] == [{"body": {"client_secret": REDACTED, "scope": "a b"}}]
+
+    def test_descriptive_keys_stay_readable(self) -> None:
+        """Fields that describe a token without holding it keep their values."""
+        out = _redact(
+            {
+                "event": "token.fetched",
+                "token_generation": 3,
+                "token_expires_in_s": 3600,
+                "token_url": "https://auth.example/token",
+                "token_type": "Bearer",
+            }
+        )
+        assert out["token_generation"] == 3
+        assert out["token_expires_in_s"] == 3600
+        assert out["token_url"] == "https://auth.example/token"
+        assert out["event"] == "token.fetched"
+
+    def test_registered_secret_is_scrubbed_from_any_value(self) -> None:
+        """A registered secret is scrubbed from strings, bytes and object reprs."""
+        register_secret(TOKEN)
+        out = _redact(
+            {
+                "event": f"got {TOKEN}",
+                "body": TOKEN.encode(),
+                "error": ValueError(TOKEN),
+                "items": (f"a {TOKEN}", 1, None),
+            }
+        )
+        assert TOKEN not in json.dumps(out)
+        assert out["items"] == [f"a {REDACTED}", 1, None]
+
+    def test_input_is_not_mutated(self) -> None:
+        """The caller's nested objects are left untouched."""
+        nested = {"password": "p4ss-word"}
+        _redact({"event": "x", "cfg": nested})
+        assert nested == {"password": "p4ss-word"}
+
+    def test_plain_values_pass_through(self) -> None:
+        """Numbers, booleans and None are not touched."""
+        ed = {"event": "e", "partition": 2, "ok": True, "ratio": 0.5, "x": None}
+        assert _redact(dict(ed)) == ed
+
+
+class TestJsonPipeline:
+    def test_structlog_record_has_every_field(self, json_logs: io.StringIO) -> None:
+        """A structlog event is one JSON line with timestamp, level, logger and context."""
+        log = get_logger("worker.pipeline")
+        with bound_contextvars(
+            topic="orders", partition=3, offset=1042, order_id="SO-1", event_type="order.paid"
+        ):
+            log.info("event.processed", attempt=2, status=201, duration_ms=12.5)
+        (line,) = _lines(json_logs)
+        assert line["event"] == "event.processed"
+        assert line["level"] == "info"
+        assert line["logger"] == "worker.pipeline"
+        assert line["topic"] == "orders"
+        assert line["partition"] == 3
+        assert line["offset"] == 1042
+        assert line["order_id"] == "SO-1"
+        assert line["event_type"] == "order.paid"
+        assert line["attempt"] == 2
+        assert line["status"] == 201
+        assert line["duration_ms"] == 12.5
+        stamp = datetime.fromisoformat(str(line["timestamp"]))
+        assert stamp.utcoffset() == timedelta(0)
+
+    def test_stdlib_record_goes_through_same_processors(self, json_logs: io.StringIO) -> None:
+        """A library's stdlib record comes out as JSON with the same fields and context."""
+        with bound_contextvars(topic="orders", partition=0):
+            logging.getLogger("aiokafka.consumer.fetcher").warning(
+                "fetch failed for %s", "orders-0", extra={"node_id": 1}
+            )
+        (line,) = _lines(json_logs)
+        assert line["event"] == "fetch failed for orders-0"
+        assert line["level"] == "warning"
+        assert line["logger"] == "aiokafka.consumer.fetcher"
+        assert line["topic"] == "orders"
+        assert line["node_id"] == 1
+        assert str(line["timestamp"]).endswith("Z")
+
+    def test_asyncio_records_are_json(self, json_logs: io.StringIO) -> None:
+        """asyncio's logger is rendered by the same pipeline."""
+        logging.getLogger("asyncio").error("Task exception was never retrieved")
+        (line,) = _lines(json_logs)
+        assert line["logger"] == "asyncio"
+        assert line["level"] == "error"
+
+    def test_library_debug_is_quiet_at_info(self, json_logs: io.StringIO) -> None:
+        """aiokafka's chatter below WARNING is dropped unless the level is DEBUG."""
+        logging.getLogger("aiokafka.conn").info("connected")
+        assert json_logs.getvalue() == ""
+
+    def test_multiline_message_is_one_line(self, json_logs: io.StringIO) -> None:
+        """Newlines in a message are escaped, so every record is exactly one line."""
+        get_logger("worker.x").info("first\nsecond")
+        assert len(json_logs.getvalue().splitlines()) == 1
+
+    def test_registered_secret_scrubbed_from_traceback(self, json_logs: io.StringIO) -> None:
+        """A secret in an exception message is scrubbed from the rendered traceback."""
+        register_secret(SECRET)
+
+        def fail() -> None:
+            raise RuntimeError(f"token endpoint rejected {SECRET}")
+
+        try:
+            fail()
+        except RuntimeError:
+            get_logger("worker.auth").exception("token.fetch_failed")
+        raw = json_logs.getvalue()
+        assert SECRET not in raw
+        (line,) = _lines(json_logs)
+        (exc,) = line["exception"]  # type: ignore[misc]
+        assert exc["exc_type"] == "RuntimeError"
+        assert exc["exc_value"] == f"token endpoint rejected {REDACTED}"
+        assert exc["frames"]
+
+    def test_traceback_never_renders_locals(self, json_logs: io.StringIO) -> None:
+        """Local variables of the failing frames never reach the log, registered or not."""
+
+        def fail() -> None:
+            unregistered_local = "local-only-value-31337"
+            raise KeyError(len(unregistered_local))
+
+        try:
+            fail()
+        except KeyError:
+            logging.getLogger("aiohttp.client").exception("request failed")
+        raw = json_logs.getvalue()
+        assert "local-only-value-31337" not in raw
+        for frame in _lines(json_logs)[0]["exception"][0]["frames"]:  # type: ignore[index]
+            assert not frame.get("locals")
+
+    def test_stdlib_exception_text_is_scrubbed(self, json_logs: io.StringIO) -> None:
+        """A library record with exc_info has its exception text scrubbed as well."""
+        try:
+            raise ConnectionError(f"Authorization: Bearer {TOKEN}")
+        except ConnectionError:
+            logging.getLogger("aiohttp.client").error("send failed", exc_info=True)
+        assert TOKEN not in json_logs.getvalue()
+
+    def test_nested_credential_keys_redacted_in_output(self, json_logs: io.StringIO) -> None:
+        """Nested credential keys are redacted in the rendered line."""
+        get_logger("worker.settings").info(
+            "config.loaded", oauth={"client_id": "demo", "client_secret": SECRET}
+        )
+        (line,) = _lines(json_logs)
+        assert line["oauth"] == {"client_id": "demo", "client_secret": REDACTED}
+
+
+class TestConsolePipeline:
+    def test_console_format_is_for_humans_and_scrubbed(self, restore_logging: None) -> None:
+        """Console output names the event and still scrubs secrets from tracebacks."""
+        buf = io.StringIO()
+        configure_logging(fmt="console", stream=buf)
+        register_secret(SECRET)
+        try:
+            raise ValueError(f"bad {SECRET}")
+        except ValueError:
+            get_logger("worker.x").exception("thing.failed", topic="orders")
+        out = buf.getvalue()
+        assert "thing.failed" in out
+        assert "topic=orders" in out
+        assert "Traceback" in out
+        assert SECRET not in out
+        assert not out.lstrip().startswith("{")
+
+    def test_unknown_format_is_refused(self, restore_logging: None) -> None:
+        """A format other than json or console is a ValueError, not silent JSON."""
+        with pytest.raises(ValueError, match="xml"):
+            configure_logging(fmt="xml")
+
+
+class TestReset:
+    def test_reset_removes_handler(self, restore_logging: None) -> None:
+        """reset_logging removes the handler configure_logging installed."""
+        buf = io.StringIO()
+        configure_logging(stream=buf)
+        reset_logging()
+        assert structlog.is_configured() is False
+        logging.getLogger("asyncio").error("after reset")
+        assert buf.getvalue() == ""
