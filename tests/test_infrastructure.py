@@ -23,8 +23,11 @@ class TestBroker:
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=kafka_bootstrap, group_id=f"g-{topic}",
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            group_id=f"g-{topic}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:

@@ -135,17 +135,29 @@ class Dlq:
 
 def _settings(bootstrap: str, topic: str, **pipeline: Any) -> Settings:
     base = Settings()
-    return base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={
-            "bootstrap_servers": bootstrap, "topics": [topic], "group_id": f"g-{topic}",
-            "fetch_max_records": pipeline.pop("fetch_max_records", 500),
-            "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
-        }),
-        "pipeline": base.pipeline.model_copy(update={
-            "commit_interval_s": 0.1, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
-            "config_fault_backoff_max_s": 0.05, **pipeline,
-        }),
-    })
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(
+                update={
+                    "bootstrap_servers": bootstrap,
+                    "topics": [topic],
+                    "group_id": f"g-{topic}",
+                    "fetch_max_records": pipeline.pop("fetch_max_records", 500),
+                    "session_timeout_ms": 6000,
+                    "heartbeat_interval_ms": 1000,
+                }
+            ),
+            "pipeline": base.pipeline.model_copy(
+                update={
+                    "commit_interval_s": 0.1,
+                    "backoff_base_s": 0.01,
+                    "backoff_max_s": 0.05,
+                    "config_fault_backoff_max_s": 0.05,
+                    **pipeline,
+                }
+            ),
+        }
+    )
 
 
 async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
@@ -159,8 +171,8 @@ async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]])
         await producer.stop()
 
 
-async def _wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_for(cond: Callable[[], bool], limit_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met before the deadline")
@@ -189,8 +201,14 @@ async def run_pipeline(
     async def start(settings: Settings, handler: Any, dlq: Any) -> Running:
         consumer = AIOKafkaConsumer(**consumer_options(settings.kafka))
         health = Health()
-        pipeline = Pipeline(consumer=consumer, handler=handler, dead_letters=dlq,
-                            settings=settings, health=health, rng=random.Random(1))
+        pipeline = Pipeline(
+            consumer=consumer,
+            handler=handler,
+            dead_letters=dlq,
+            settings=settings,
+            health=health,
+            rng=random.Random(1),
+        )
         consumer.subscribe(settings.kafka.topics, listener=pipeline.listener)
         await consumer.start()
         task = asyncio.create_task(pipeline.run())
@@ -272,16 +290,17 @@ class TestOrderingAndCommits:
 
         async def script(record: Record) -> None:
             p = holder["p"]
-            paused_seen.append(len(p._paused))  # noqa: SLF001 - observing pause state
+            paused_seen.append(len(p._paused))
             buffered_seen.append(p.in_flight)
             await asyncio.sleep(0.01)
 
         handler = ScriptedHandler(script)
-        settings = _settings(kafka_bootstrap, topic, max_in_flight=8, max_buffered=40,
-                             fetch_max_records=20)
+        settings = _settings(
+            kafka_bootstrap, topic, max_in_flight=8, max_buffered=40, fetch_max_records=20
+        )
         running = await run_pipeline(settings, handler, Dlq())
         holder["p"] = running.pipeline
-        await _wait_for(lambda: len(handler.done) == 600, timeout=60)
+        await _wait_for(lambda: len(handler.done) == 600, limit_s=60)
         assert max(paused_seen) > 0, "partitions were never paused"
         assert max(buffered_seen) <= 40 + 20  # max_buffered + one fetch batch
         assert paused_seen[-1] == 0 or running.pipeline.in_flight < 40
@@ -294,8 +313,11 @@ class TestFailures:
         """Two 503s and a 429 are retried; the event succeeds; nothing is dead-lettered."""
         topic = await topic_factory("transient")
         await _produce(kafka_bootstrap, topic, [(b"k", b"v")])
-        errors = [ApiUnavailable("503"), RateLimited("429", retry_after=0.01),
-                  ApiUnavailable("503")]
+        errors = [
+            ApiUnavailable("503"),
+            RateLimited("429", retry_after=0.01),
+            ApiUnavailable("503"),
+        ]
 
         async def script(record: Record) -> None:
             if errors:
@@ -362,8 +384,11 @@ class TestFailures:
 
         dlq = Dlq(fail_first=3)
         settings = _settings(kafka_bootstrap, topic)
-        settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(
-            update={"config_fault_backoff_max_s": 0.3})})
+        settings = settings.model_copy(
+            update={
+                "pipeline": settings.pipeline.model_copy(update={"config_fault_backoff_max_s": 0.3})
+            }
+        )
         running = await run_pipeline(settings, ScriptedHandler(script), dlq)
         await _wait_for(lambda: dlq.calls >= 2)
         assert (await running.committed(topic, 1))[0] in (None, 0)
@@ -388,8 +413,9 @@ class TestFailures:
 
         handler = ScriptedHandler(script)
         dlq = Dlq()
-        running = await run_pipeline(_settings(kafka_bootstrap, topic, max_attempts=2),
-                                     handler, dlq)
+        running = await run_pipeline(
+            _settings(kafka_bootstrap, topic, max_attempts=2), handler, dlq
+        )
         await _wait_for(lambda: len(handler.done) == 10)
         assert dlq.letters == []  # attempts of a configuration fault are not the event's
         assert running.health.faults[0] == "auth_configuration"
@@ -441,4 +467,3 @@ class TestShutdown:
         running.pipeline.stop()
         await asyncio.wait_for(running.task, 30)
         assert (await running.committed(topic, 1))[0] == 1
-

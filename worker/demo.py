@@ -38,30 +38,41 @@ _PARTITIONS = 6
 _TIMEOUT_S = 600.0
 
 
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
 def _demo_settings(base: Settings, *, bootstrap: str, api_url: str, workdir: Path) -> Settings:
-    return base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={
-            "bootstrap_servers": bootstrap, "topics": [_TOPIC], "group_id": "invoice-sync-demo",
-        }),
-        "api": base.api.model_copy(update={"base_url": api_url}),
-        "oauth": base.oauth.model_copy(update={"token_url": f"{api_url}/oauth/token"}),
-        "ledger": LedgerSettings(url=f"sqlite:///{workdir / 'ledger.db'}"),
-        "http": base.http.model_copy(update={"port": 0, "host": "127.0.0.1"}),
-        "pipeline": base.pipeline.model_copy(update={"stop_when_idle_s": 3.0}),
-    })
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(
+                update={
+                    "bootstrap_servers": bootstrap,
+                    "topics": [_TOPIC],
+                    "group_id": "invoice-sync-demo",
+                }
+            ),
+            "api": base.api.model_copy(update={"base_url": api_url}),
+            "oauth": base.oauth.model_copy(update={"token_url": f"{api_url}/oauth/token"}),
+            "ledger": LedgerSettings(url=f"sqlite:///{workdir / 'ledger.db'}"),
+            "http": base.http.model_copy(update={"port": 0, "host": "127.0.0.1"}),
+            "pipeline": base.pipeline.model_copy(update={"stop_when_idle_s": 3.0}),
+        }
+    )
 
 
 async def _publish(bootstrap: str, records: list[DemoRecord]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([
-            NewTopic(_TOPIC, _PARTITIONS, 1), NewTopic(f"{_TOPIC}.dlq", 1, 1)
-        ])
+        await admin.create_topics(
+            [NewTopic(_TOPIC, _PARTITIONS, 1), NewTopic(f"{_TOPIC}.dlq", 1, 1)]
+        )
     finally:
         await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -75,20 +86,21 @@ async def _publish(bootstrap: str, records: list[DemoRecord]) -> None:
 
 
 def _consumed() -> int:
-    return int(sum(
-        sample.value
-        for metric in EVENTS_CONSUMED.collect()
-        for sample in metric.samples
-        if sample.name.endswith("_total")
-    ))
+    return int(
+        sum(
+            sample.value
+            for metric in EVENTS_CONSUMED.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+    )
 
 
 async def run_demo(settings: Settings, *, workdir: str, verbose: bool) -> int:
     """Run the demo and return the exit code (0 only when everything adds up)."""
     configure_logging(level="INFO" if verbose else "ERROR", fmt=settings.logging.format)
     work = Path(workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    await asyncio.to_thread(_fresh_dir, work)
     records = generate_demo_events()
     wanted = Counter(r.expected.split(":")[0] for r in records)
     broken = [r for r in records if r.expected.startswith("dlq:")]
@@ -96,8 +108,9 @@ async def run_demo(settings: Settings, *, workdir: str, verbose: bool) -> int:
     with TansuBroker(log_path=work / "tansu.log") as broker:
         async with run_sandbox(SandboxConfig()) as sandbox:
             await _publish(broker.bootstrap, records)
-            demo = _demo_settings(settings, bootstrap=broker.bootstrap, api_url=sandbox.url,
-                                  workdir=work)
+            demo = _demo_settings(
+                settings, bootstrap=broker.bootstrap, api_url=sandbox.url, workdir=work
+            )
             start = time.monotonic()
             before = _consumed()
             worker = asyncio.create_task(run_service(demo))
@@ -105,8 +118,10 @@ async def run_demo(settings: Settings, *, workdir: str, verbose: bool) -> int:
                 while not worker.done():
                     await asyncio.wait({worker}, timeout=1.0)
                     stats = sandbox.stats()
-                    _say(f"  progress: {_consumed() - before}/{len(records)} events done, "
-                         f"{stats['invoices']} invoices, {stats['credit_notes']} credit notes")
+                    _say(
+                        f"  progress: {_consumed() - before}/{len(records)} events done, "
+                        f"{stats['invoices']} invoices, {stats['credit_notes']} credit notes"
+                    )
                     if time.monotonic() - start > _TIMEOUT_S:
                         _say("demo: timed out waiting for the worker")
                         worker.cancel()
@@ -122,21 +137,26 @@ async def run_demo(settings: Settings, *, workdir: str, verbose: bool) -> int:
 
 
 def _summarise(
-    records: list[DemoRecord], broken: list[DemoRecord], wanted: Counter[str],
-    stats: dict[str, object], letters: list, exit_code: int, elapsed: float,  # type: ignore[type-arg]
+    records: list[DemoRecord],
+    broken: list[DemoRecord],
+    wanted: Counter[str],
+    stats: dict[str, object],
+    letters: list,
+    exit_code: int,
+    elapsed: float,  # type: ignore[type-arg]
 ) -> int:
     invoices, credit_notes = int(stats["invoices"]), int(stats["credit_notes"])  # type: ignore[call-overload]
     duplicates = int(stats["duplicate_references"])  # type: ignore[call-overload]
     got = Counter((d.key, d.value, d.reason) for d in letters)
-    missing = [
-        r for r in broken if got[(r.key, r.value, r.expected.split(":", 1)[1])] < 1
-    ]
+    missing = [r for r in broken if got[(r.key, r.value, r.expected.split(":", 1)[1])] < 1]
     unexpected = len(letters) - (len(broken) - len(missing))
     reasons = Counter(d.reason for d in letters)
     _say("")
     _say(f"worker exited with {exit_code} after {elapsed:.1f}s")
-    _say(f"expected: {wanted['invoice']} invoices, {wanted['credit_note']} credit notes, "
-         f"{wanted['dlq']} dead letters ({wanted['skip']} events skipped by type)")
+    _say(
+        f"expected: {wanted['invoice']} invoices, {wanted['credit_note']} credit notes, "
+        f"{wanted['dlq']} dead letters ({wanted['skip']} events skipped by type)"
+    )
     _say("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
     problems = []
     if duplicates:
@@ -149,8 +169,10 @@ def _summarise(
         problems.append("document counts differ from the input")
     for p in problems:
         _say(f"PROBLEM: {p}")
-    _say(f"demo: {len(records)} events, {invoices} invoices, {credit_notes} credit notes, "
-         f"{len(letters)} dead-lettered, {duplicates} duplicates")
+    _say(
+        f"demo: {len(records)} events, {invoices} invoices, {credit_notes} credit notes, "
+        f"{len(letters)} dead-lettered, {duplicates} duplicates"
+    )
     ok = not problems and exit_code == 0
     if not ok:
         print("demo: FAILED", file=sys.stderr)

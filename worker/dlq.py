@@ -78,9 +78,7 @@ class DeadLetterWriter:
             aiokafka errors: when the write fails; the caller then must not commit the
                 source offset.
         """
-        headers = [
-            (k, v) for k, v in (record.headers or ()) if not k.startswith(DLQ_HEADER_PREFIX)
-        ]
+        headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith(DLQ_HEADER_PREFIX)]
         extra: dict[str, str] = {
             "reason": error.reason,
             "message": error.message[:_MAX_MESSAGE],
@@ -154,11 +152,12 @@ async def read_dead_letters(settings: Settings, *, timeout_s: float = 10.0) -> l
         remaining = {tp for tp in partitions if ends[tp] > 0}
         while remaining and loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in batch.items():
+            for records in batch.values():
                 for r in records:
                     out.append(
-                        DeadLetter(r.topic, r.partition, r.offset, r.key, r.value,
-                                   tuple(r.headers or ()))
+                        DeadLetter(
+                            r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ())
+                        )
                     )
             # end_offsets can undercount on some brokers (see docs): stop on the highwater.
             for tp in list(remaining):
@@ -171,7 +170,7 @@ async def read_dead_letters(settings: Settings, *, timeout_s: float = 10.0) -> l
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh call
+    await consumer._client.force_metadata_update()
     return consumer.partitions_for_topic(topic) or set()
 
 
@@ -181,14 +180,23 @@ async def inspect_dlq(settings: Settings, *, limit: int, as_json: bool) -> int:
     for letter in letters[:limit]:
         info = letter.info
         if as_json:
-            print(json.dumps({
-                "topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
-                "key": (letter.key or b"").decode("utf-8", "replace"), **info,
-            }, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "topic": letter.topic,
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                        "key": (letter.key or b"").decode("utf-8", "replace"),
+                        **info,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         else:
+            key = (letter.key or b"").decode("utf-8", "replace")
             print(
                 f"{info.get('original-topic')}[{info.get('original-partition')}]"
-                f"@{info.get('original-offset')} key={(letter.key or b'').decode('utf-8', 'replace')}"
+                f"@{info.get('original-offset')} key={key}"
                 f" reason={letter.reason} attempts={info.get('attempts')}"
                 f" message={info.get('message', '')}"
             )
@@ -198,12 +206,11 @@ async def inspect_dlq(settings: Settings, *, limit: int, as_json: bool) -> int:
 
 async def replay_dlq(settings: Settings, *, reason: str | None, dry_run: bool) -> int:
     """Re-publish dead letters (optionally only one reason) to their source topic."""
-    letters = [
-        d for d in await read_dead_letters(settings) if reason is None or d.reason == reason
-    ]
+    letters = [d for d in await read_dead_letters(settings) if reason is None or d.reason == reason]
     if dry_run:
         for d in letters:
-            print(f"would replay offset {d.offset} reason={d.reason} to {d.info.get('original-topic')}")
+            target = d.info.get("original-topic")
+            print(f"would replay offset {d.offset} reason={d.reason} to {target}")
         return 0
     producer = AIOKafkaProducer(**producer_options(settings.kafka))
     await producer.start()

@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "DLQ_REASONS",
     "ApiRejected",
     "ApiTimeout",
     "ApiUnavailable",
@@ -64,7 +65,6 @@ __all__ = [
     "UnknownSku",
     "UnmappableOrder",
     "UnsupportedSchemaVersion",
-    "DLQ_REASONS",
     "for_status",
 ]
 

@@ -189,7 +189,11 @@ class Ledger(abc.ABC):
                 " reference, event_id, attempts, created_at, updated_at)"
                 " VALUES ({0}, {1}, {2}, {3}, 'claimed', {4}, {5}, {6}, 1, {7}, {7})"
                 " ON CONFLICT DO NOTHING",
-                *key.as_tuple(), idempotency_key, reference, event_id, now,
+                *key.as_tuple(),
+                idempotency_key,
+                reference,
+                event_id,
+                now,
             )
             if inserted:
                 return Claim(ClaimStatus.NEW, None, 1)
@@ -207,7 +211,9 @@ class Ledger(abc.ABC):
             await self._execute(
                 "UPDATE documents SET state='claimed', attempts=attempts+1, event_id={4},"
                 " updated_at={5} WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}",
-                *key.as_tuple(), event_id, now,
+                *key.as_tuple(),
+                event_id,
+                now,
             )
             return Claim(ClaimStatus.RESUME, None, attempts + 1)
 
@@ -219,7 +225,10 @@ class Ledger(abc.ABC):
                 "UPDATE documents SET state='done', document_id={4}, payload={5}, last_error=NULL,"
                 " updated_at={6}, completed_at={6}"
                 " WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}",
-                *key.as_tuple(), document_id, payload, now,
+                *key.as_tuple(),
+                document_id,
+                payload,
+                now,
             )
 
     async def record_error(self, key: LedgerKey, *, reason: str, dead_lettered: bool) -> None:
@@ -230,7 +239,9 @@ class Ledger(abc.ABC):
                 f"UPDATE documents SET state={state_sql}, last_error={{4}}, updated_at={{5}}"
                 " WHERE store_id={0} AND kind={1} AND order_id={2} AND sub_id={3}"
                 " AND state <> 'done'",
-                *key.as_tuple(), reason, _now(),
+                *key.as_tuple(),
+                reason,
+                _now(),
             )
 
     async def void(self, key: LedgerKey, *, event_id: str) -> bool:
@@ -245,7 +256,9 @@ class Ledger(abc.ABC):
                 " reference, event_id, attempts, created_at, updated_at)"
                 " VALUES ({0}, {1}, {2}, {3}, 'void', '', '', {4}, 0, {5}, {5})"
                 " ON CONFLICT DO NOTHING",
-                *key.as_tuple(), event_id, now,
+                *key.as_tuple(),
+                event_id,
+                now,
             )
 
     async def get(self, key: LedgerKey) -> LedgerEntry | None:
@@ -260,8 +273,14 @@ class Ledger(abc.ABC):
         if row is None:
             return None
         return LedgerEntry(
-            key=key, state=row[0], idempotency_key=row[1], reference=row[2],
-            document_id=row[3], payload=row[4], attempts=int(row[5]), last_error=row[6],
+            key=key,
+            state=row[0],
+            idempotency_key=row[1],
+            reference=row[2],
+            document_id=row[3],
+            payload=row[4],
+            attempts=int(row[5]),
+            last_error=row[6],
         )
 
     async def delivery_seen(self, source: str, delivery_id: str) -> bool:
@@ -269,7 +288,8 @@ class Ledger(abc.ABC):
         with _Timer("lookup"):
             row = await self._fetchrow(
                 "SELECT 1 FROM deliveries WHERE source={0} AND delivery_id={1}",
-                source, delivery_id,
+                source,
+                delivery_id,
             )
         return row is not None
 
@@ -279,7 +299,9 @@ class Ledger(abc.ABC):
             await self._execute(
                 "INSERT INTO deliveries (source, delivery_id, seen_at) VALUES ({0}, {1}, {2})"
                 " ON CONFLICT DO NOTHING",
-                source, delivery_id, _now(),
+                source,
+                delivery_id,
+                _now(),
             )
 
     async def count_by_state(self) -> dict[str, int]:
@@ -375,7 +397,11 @@ class PostgresLedger(Ledger):
     """A connection pool on PostgreSQL; several replicas share it safely."""
 
     def __init__(
-        self, dsn: str, *, password: str | None = None, pool_size: int = 10,
+        self,
+        dsn: str,
+        *,
+        password: str | None = None,
+        pool_size: int = 10,
         timeout_s: float = 10.0,
     ) -> None:
         self._dsn = dsn
@@ -441,6 +467,8 @@ def open_ledger(settings: LedgerSettings) -> Ledger:
         return SqliteLedger(path or ":memory:", timeout_s=settings.timeout_s)
     password = settings.password.get_secret_value() if settings.password else None
     return PostgresLedger(
-        settings.url, password=password, pool_size=settings.pool_size,
+        settings.url,
+        password=password,
+        pool_size=settings.pool_size,
         timeout_s=settings.timeout_s,
     )

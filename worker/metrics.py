@@ -29,6 +29,8 @@ __all__ = [
     "LAST_COMMIT",
     "LEDGER_LATENCY",
     "PARTITIONS_PAUSED",
+    "PLATFORM_EVENTS",
+    "PLATFORM_OUTCOMES",
     "READY",
     "RETRIES",
     "TOKEN_EXPIRY",
@@ -67,7 +69,7 @@ DEDUPLICATED = Counter(
     "invoice_sync_deduplicated_total",
     "Events skipped because the ledger shows their document already exists "
     "(redelivery after a restart or rebalance, or a repeated platform webhook).",
-    ["kind"],
+    ["kind"],  # invoice | credit_note | delivery (a repeated platform webhook delivery)
 )
 API_REQUESTS = Counter(
     "invoice_sync_api_requests_total",
@@ -142,6 +144,15 @@ READY = Gauge(
     "invoice_sync_ready",
     "1 when the worker reports ready on /readyz, else 0.",
 )
+#: Outcomes of one platform record (closed set for PLATFORM_EVENTS).
+PLATFORM_OUTCOMES = ("decoded", "ignored", "duplicate", "bad_signature", "rejected")
+PLATFORM_EVENTS = Counter(
+    "invoice_sync_platform_events_total",
+    "Platform webhook records (salla, zid, shopify) by outcome: decoded into v1 events, "
+    "ignored (no event for us), duplicate (a repeated delivery skipped), bad_signature, "
+    "rejected (any other reason it could not be decoded).",
+    ["platform", "outcome"],
+)
 BUILD_INFO = Info("invoice_sync_build", "Version of the running invoice-sync worker.")
 BUILD_INFO.info({"version": __version__})
 
@@ -172,3 +183,7 @@ def initialise_label_sets() -> None:
         DEDUPLICATED.labels(kind)
     for reason in ("auth_configuration", "insufficient_scope"):
         CONFIG_FAULT.labels(reason)
+    DEDUPLICATED.labels("delivery")
+    for platform in ("salla", "zid", "shopify"):
+        for outcome in PLATFORM_OUTCOMES:
+            PLATFORM_EVENTS.labels(platform, outcome)

@@ -188,12 +188,15 @@ class Pipeline:
         self._policy = RetryPolicy(
             max_attempts=self._p.max_attempts,
             max_elapsed_s=self._p.max_retry_s,
-            backoff=Backoff(self._p.backoff_base_s, self._p.backoff_max_s,
-                            self._p.retry_after_cap_s, rng),
+            backoff=Backoff(
+                self._p.backoff_base_s, self._p.backoff_max_s, self._p.retry_after_cap_s, rng
+            ),
         )
         self._fault_backoff = Backoff(
-            self._p.backoff_base_s, self._p.config_fault_backoff_max_s,
-            self._p.config_fault_backoff_max_s, rng,
+            self._p.backoff_base_s,
+            self._p.config_fault_backoff_max_s,
+            self._p.config_fault_backoff_max_s,
+            rng,
         )
         self._sem = asyncio.Semaphore(self._p.max_in_flight)
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
@@ -346,22 +349,31 @@ class Pipeline:
                     if not await self._backoff(item, exc, attempt, started):
                         await self._to_dlq(
                             item,
-                            RetriesExhausted(f"gave up after {attempt} attempts: {exc.reason}",
-                                             last_reason=exc.reason),
-                            attempt, first_failure,
+                            RetriesExhausted(
+                                f"gave up after {attempt} attempts: {exc.reason}",
+                                last_reason=exc.reason,
+                            ),
+                            attempt,
+                            first_failure,
                         )
                         return
                     continue
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - a bug must not kill the partition
+                except Exception as exc:
                     log.exception("event.unexpected_error", attempt=attempt)
                     first_failure = first_failure or time.time()
                     internal = InternalError(f"unexpected {type(exc).__name__}")
                     if not await self._backoff(item, internal, attempt, started):
-                        await self._to_dlq(item, RetriesExhausted(
-                            f"gave up after {attempt} attempts: internal_error",
-                            last_reason="internal_error"), attempt, first_failure)
+                        await self._to_dlq(
+                            item,
+                            RetriesExhausted(
+                                f"gave up after {attempt} attempts: internal_error",
+                                last_reason="internal_error",
+                            ),
+                            attempt,
+                            first_failure,
+                        )
                         return
                     continue
                 self._fault_clear()
@@ -376,8 +388,13 @@ class Pipeline:
         if delay is None:
             return False
         RETRIES.labels(exc.reason).inc()
-        log.warning("event.retry", attempt=attempt, reason=exc.reason, delay_s=round(delay, 3),
-                    **_safe_details(exc))
+        log.warning(
+            "event.retry",
+            attempt=attempt,
+            reason=exc.reason,
+            delay_s=round(delay, 3),
+            **_safe_details(exc),
+        )
         long_wait = delay > _PAUSE_RETRY_LONGER_THAN_S
         if long_wait:
             self._pause(item.tp, "retry")
@@ -396,21 +413,30 @@ class Pipeline:
         while True:
             try:
                 await self._dead_letters(
-                    record, error=exc, attempts=attempts, first_failure=first_failure,
+                    record,
+                    error=exc,
+                    attempts=attempts,
+                    first_failure=first_failure,
                     last_failure=time.time(),
                 )
                 break
             except asyncio.CancelledError:
                 raise
-            except Exception as write_exc:  # noqa: BLE001 - keep the offset; retry the write
+            except Exception as write_exc:
                 write_attempt += 1
-                log.warning("dlq.write_failed", attempt=write_attempt,
-                            error_type=type(write_exc).__name__)
+                log.warning(
+                    "dlq.write_failed", attempt=write_attempt, error_type=type(write_exc).__name__
+                )
                 if self._draining:
                     return  # not written, not committed: redelivered after restart
                 await self._sleep(self._fault_backoff.delay(write_attempt))
-        log.info("event.dead_lettered", reason=exc.reason, attempts=attempts,
-                 message=exc.message[:300], **_safe_details(exc))
+        log.info(
+            "event.dead_lettered",
+            reason=exc.reason,
+            attempts=attempts,
+            message=exc.message[:300],
+            **_safe_details(exc),
+        )
         EVENTS_CONSUMED.labels(
             event_type_label(str(exc.details.get("event_type", "other"))), "dead_lettered"
         ).inc()
@@ -420,8 +446,12 @@ class Pipeline:
         fault = self._fault
         if fault is None:
             fault = self._fault = _Fault(exc.reason, time.monotonic())
-            log.error("pipeline.paused_by_fault", reason=exc.reason, message=exc.message,
-                      **_safe_details(exc))
+            log.error(
+                "pipeline.paused_by_fault",
+                reason=exc.reason,
+                message=exc.message,
+                **_safe_details(exc),
+            )
             for tp in self._trackers:
                 self._pause(tp, "fault")
             if self._health is not None:
@@ -440,8 +470,11 @@ class Pipeline:
             return
         self._fault = None
         fault.cleared.set()
-        log.info("pipeline.resumed_after_fault", reason=fault.reason,
-                 paused_s=round(time.monotonic() - fault.since, 1))
+        log.info(
+            "pipeline.resumed_after_fault",
+            reason=fault.reason,
+            paused_s=round(time.monotonic() - fault.since, 1),
+        )
         for tp in list(self._pause_reasons):
             self._unpause(tp, "fault")
         if self._health is not None:
@@ -484,7 +517,9 @@ class Pipeline:
         offsets = {
             tp: t.committable
             for tp, t in self._trackers.items()
-            if t.active and t.committable is not None and t.committable != t.committed
+            if t.active
+            and t.committable is not None
+            and t.committable != t.committed
             and (only is None or tp in only)
         }
         if not offsets:
@@ -493,10 +528,11 @@ class Pipeline:
             await self._consumer.commit(offsets)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - counted and retried at the next interval
+        except Exception as exc:
             COMMIT_FAILURES.inc()
-            log.warning("offsets.commit_failed", error_type=type(exc).__name__,
-                        partitions=len(offsets))
+            log.warning(
+                "offsets.commit_failed", error_type=type(exc).__name__, partitions=len(offsets)
+            )
             return
         for tp, offset in offsets.items():
             self._trackers[tp].committed = offset
@@ -515,7 +551,7 @@ class Pipeline:
                 if tp not in self._initial_committed:
                     try:
                         self._initial_committed[tp] = await self._consumer.committed(tp) or 0
-                    except Exception:  # noqa: BLE001 - lag is best effort
+                    except Exception:
                         continue
                 committed = self._initial_committed[tp]
             lag = max(0, highwater - committed)
@@ -559,7 +595,9 @@ class Pipeline:
                 self._trackers[tp] = OffsetTracker()
                 if self._fault is not None:
                     self._pause(tp, "fault")
-        log.info("partitions.assigned", partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned))
+        log.info(
+            "partitions.assigned", partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned)
+        )
         if self._health is not None:
             self._health.set_assignment(len(self._trackers), waiting=not self._trackers)
 
@@ -572,7 +610,8 @@ class Pipeline:
         # and, if it finishes, counts toward the commit below.
         for tracker in lost.values():
             tracker.accepting = False
-        while any(t.running for t in lost.values()) and time.monotonic() < deadline:
+        # Polls a counter shared by many chains; a revocation is rare and bounded.
+        while any(t.running for t in lost.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await self._commit(only=set(lost))
         for tp, tracker in lost.items():
@@ -585,8 +624,11 @@ class Pipeline:
                 CONSUMER_LAG.remove(tp.topic, str(tp.partition))
         PARTITIONS_PAUSED.set(len(self._paused))
         abandoned = sum(t.running for t in lost.values())
-        log.info("partitions.revoked",
-                 partitions=sorted(f"{t.topic}:{t.partition}" for t in lost), abandoned=abandoned)
+        log.info(
+            "partitions.revoked",
+            partitions=sorted(f"{t.topic}:{t.partition}" for t in lost),
+            abandoned=abandoned,
+        )
         if self._health is not None:
             self._health.set_assignment(len(self._trackers), waiting=not self._trackers)
 
@@ -597,7 +639,7 @@ class Pipeline:
             self._fault.cleared.set()  # wake fault waiters so they notice the drain
         tasks = set(self._tasks)
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
             for task in pending:
                 task.cancel()
             if pending:

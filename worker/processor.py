@@ -147,8 +147,9 @@ class EventProcessor:
             TransientError, ConfigurationFault: try again later.
         """
         event = parse_event(record.value or b"", key=record.key)
-        with bound_contextvars(order_id=event.order_id, event_type=event.event_type,
-                               event_id=event.event_id):
+        with bound_contextvars(
+            order_id=event.order_id, event_type=event.event_type, event_id=event.event_id
+        ):
             try:
                 return await self._handle_event(event)
             except PermanentEventError as exc:
@@ -180,13 +181,15 @@ class EventProcessor:
                     f"no invoice in the ledger for order {key.order_id}",
                     invoice_reference=plan.invoice_reference,
                 )
-            parent_id = int(invoice.document_id) if invoice.document_id.isdigit() else (
-                invoice.document_id
+            parent_id = (
+                int(invoice.document_id) if invoice.document_id.isdigit() else (invoice.document_id)
             )
             parent_payload = json.loads(invoice.payload) if invoice.payload else None
 
         claim = await self._ledger.claim(
-            key, idempotency_key=plan.idempotency_key, reference=plan.reference,
+            key,
+            idempotency_key=plan.idempotency_key,
+            reference=plan.reference,
             event_id=event.event_id,
         )
         if claim.status is ClaimStatus.DONE:
@@ -201,8 +204,13 @@ class EventProcessor:
                 found = await self._find(kind, plan.reference)
                 if found is not None:
                     await self._ledger.complete(key, document_id=str(found["id"]), payload=None)
-                    log.info("document.reconciled", kind=kind, reference=plan.reference,
-                             document_id=found["id"], attempt=claim.attempts)
+                    log.info(
+                        "document.reconciled",
+                        kind=kind,
+                        reference=plan.reference,
+                        document_id=found["id"],
+                        attempt=claim.attempts,
+                    )
                     return HandleResult(event.event_type, "reconciled")
             body = await self._body(plan, parent_id=parent_id, parent_payload=parent_payload)
             document, outcome = await self._create(kind, plan, body)
@@ -217,9 +225,14 @@ class EventProcessor:
             raise
         if outcome == "created":
             DOCUMENTS_CREATED.labels(kind).inc()
-        log.info("document.created" if outcome == "created" else "document.reconciled",
-                 kind=kind, reference=plan.reference, document_id=document["id"],
-                 attempt=claim.attempts, total=str(document.get("total", "")))
+        log.info(
+            "document.created" if outcome == "created" else "document.reconciled",
+            kind=kind,
+            reference=plan.reference,
+            document_id=document["id"],
+            attempt=claim.attempts,
+            total=str(document.get("total", "")),
+        )
         return HandleResult(event.event_type, outcome)
 
     @staticmethod
@@ -254,7 +267,10 @@ class EventProcessor:
             return found, "reconciled"
 
     async def _body(
-        self, plan: DocumentPlan, *, parent_id: int | str | None,
+        self,
+        plan: DocumentPlan,
+        *,
+        parent_id: int | str | None,
         parent_payload: dict[str, Any] | None,
     ) -> dict[str, object]:
         line_items: list[dict[str, object]] | None = None
@@ -263,9 +279,7 @@ class EventProcessor:
             if not invoice:
                 found = await self._api.find_invoice(plan.invoice_reference)
                 if found is None:
-                    raise NoOriginalInvoice(
-                        f"invoice {plan.invoice_reference} not found to mirror"
-                    )
+                    raise NoOriginalInvoice(f"invoice {plan.invoice_reference} not found to mirror")
                 invoice = found
             contact_id = invoice["contact_id"]
             line_items = [
@@ -278,12 +292,16 @@ class EventProcessor:
             contact_id = await self._contact_id(plan)
             product_ids = {
                 p.sku: await self._product_id(
-                    p.sku, p.payload()["product"], plan.create_missing_products  # type: ignore[arg-type]
+                    p.sku,
+                    p.payload()["product"],
+                    plan.create_missing_products,  # type: ignore[arg-type]
                 )
                 for p in plan.products
             }
         body = plan.payload(
-            contact_id=contact_id, product_ids=product_ids, invoice_id=parent_id,
+            contact_id=contact_id,
+            product_ids=product_ids,
+            invoice_id=parent_id,
             line_items=line_items,
         )
         if plan.kind == "credit_note":
@@ -298,8 +316,11 @@ class EventProcessor:
         customer = plan.customer
         assert customer is not None
         lookups = customer.lookups
-        identity = (lookups[0].field, lookups[0].value) if lookups else ("external_id",
-                                                                         customer.external_id)
+        identity = (
+            (lookups[0].field, lookups[0].value)
+            if lookups
+            else ("external_id", customer.external_id)
+        )
 
         async def load() -> int | str:
             for lookup in lookups:
@@ -315,9 +336,7 @@ class EventProcessor:
 
         return await self._contacts.get_or_load(identity, load)
 
-    async def _product_id(
-        self, sku: str, payload: dict[str, object], create: bool
-    ) -> int | str:
+    async def _product_id(self, sku: str, payload: dict[str, object], create: bool) -> int | str:
         async def load() -> int | str:
             found = await self._api.find_product(sku)
             if found is not None:

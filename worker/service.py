@@ -63,8 +63,13 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
             stack.callback(loop.remove_signal_handler, sig)
         health.set_started(True)
         health.set_assignment(0, waiting=True)
-        log.info("worker.started", topics=settings.kafka.topics, group=settings.kafka.group_id,
-                 metrics_port=server.port, max_in_flight=settings.pipeline.max_in_flight)
+        log.info(
+            "worker.started",
+            topics=settings.kafka.topics,
+            group=settings.kafka.group_id,
+            metrics_port=server.port,
+            max_in_flight=settings.pipeline.max_in_flight,
+        )
         if ready is not None:
             ready.set()
         try:

@@ -8,6 +8,7 @@ One broker per test session on a free loopback port; every test makes its own to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from worker.broker import TansuBroker, free_port
 
 __all__ = ["TopicFactory", "free_port", "kafka_bootstrap", "topic_factory"]
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -55,8 +57,6 @@ async def topic_factory(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
     try:
         yield make
     finally:
-        try:
+        with contextlib.suppress(Exception):  # cleanup of a per-test topic is best effort
             await admin.delete_topics(made)
-        except Exception:  # noqa: BLE001 - cleanup of a per-test topic is best effort
-            pass
         await admin.close()

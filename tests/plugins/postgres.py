@@ -58,7 +58,7 @@ def postgres_url(pg_server_dsn: str) -> Iterator[str]:
     name = f"invoice_sync_test_{uuid.uuid4().hex[:12]}"
     try:
         _admin(pg_server_dsn, f'CREATE DATABASE "{name}"')
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         missing_server(f"PostgreSQL at {pg_server_dsn} is not reachable ({type(exc).__name__})")
     parts = urlsplit(pg_server_dsn)
     url = urlunsplit(parts._replace(path=f"/{name}"))
