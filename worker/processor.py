@@ -31,6 +31,7 @@ from structlog.contextvars import bound_contextvars
 from worker.api import AccountingApi
 from worker.errors import (
     ApiUnavailable,
+    BadSignature,
     DuplicateReference,
     NoOriginalInvoice,
     PermanentEventError,
@@ -41,8 +42,9 @@ from worker.events import ORDER_CANCELLED, OrderEvent, parse_event
 from worker.ledger import ClaimStatus, Ledger, LedgerKey
 from worker.logs import get_logger
 from worker.mapping import DocumentPlan, MappingOptions, document_kind, plan_document
-from worker.metrics import DEDUPLICATED, DOCUMENTS_CREATED
+from worker.metrics import DEDUPLICATED, DOCUMENTS_CREATED, PLATFORM_EVENTS
 from worker.pipeline import HandleResult
+from worker.platforms import DecodedRecord, PlatformConfig, decode_record, detect_format, header_map
 from worker.settings import Settings
 
 __all__ = ["EventProcessor", "TtlCache", "mapping_options"]
@@ -134,6 +136,7 @@ class EventProcessor:
         self._api = api
         self._ledger = ledger
         self._options = mapping_options(settings)
+        self._platforms = PlatformConfig.from_settings(settings)
         size, ttl = settings.pipeline.lookup_cache_size, settings.pipeline.lookup_cache_ttl_s
         self._contacts: TtlCache[tuple[str, str], int | str] = TtlCache(maxsize=size, ttl_s=ttl)
         self._products: TtlCache[str, int | str] = TtlCache(maxsize=size, ttl_s=ttl)
@@ -146,15 +149,44 @@ class EventProcessor:
                 dead-letters it); ``details["event_type"]`` is set when known.
             TransientError, ConfigurationFault: try again later.
         """
-        event = parse_event(record.value or b"", key=record.key)
-        with bound_contextvars(
-            order_id=event.order_id, event_type=event.event_type, event_id=event.event_id
-        ):
-            try:
-                return await self._handle_event(event)
-            except PermanentEventError as exc:
-                exc.details.setdefault("event_type", event.event_type)
-                raise
+        # A record is v1 or a platform webhook (worker.platforms): 0..n v1 events. A platform
+        # delivery seen before is skipped; it is recorded only after all its events finished.
+        decoded = self._decode(record)
+        platform, delivery = decoded.format, decoded.delivery_id
+        if delivery is not None and await self._ledger.delivery_seen(platform, delivery):
+            DEDUPLICATED.labels("delivery").inc()
+            PLATFORM_EVENTS.labels(platform, "duplicate").inc()
+            log.info("delivery.duplicate", platform=platform, source_event=decoded.source_event)
+            return HandleResult(_event_type(decoded), "duplicate")
+        results = []
+        for event in decoded.events:
+            with bound_contextvars(
+                order_id=event.order_id, event_type=event.event_type, event_id=event.event_id
+            ):
+                try:
+                    results.append(await self._handle_event(event))
+                except PermanentEventError as exc:
+                    exc.details.setdefault("event_type", event.event_type)
+                    raise
+        if delivery is not None:
+            await self._ledger.record_delivery(platform, delivery)
+            PLATFORM_EVENTS.labels(platform, "decoded" if results else "ignored").inc()
+        return _combined(decoded, results)
+
+    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> DecodedRecord:
+        headers = header_map(record.headers)
+        fmt = detect_format(record.topic, headers, self._platforms)
+        if fmt == "v1":
+            return DecodedRecord("v1", (parse_event(record.value or b"", key=record.key),))
+        try:
+            return decode_record(
+                record.value, headers=record.headers, config=self._platforms, fmt=fmt
+            )
+        except PermanentEventError as exc:
+            outcome = "bad_signature" if isinstance(exc, BadSignature) else "rejected"
+            PLATFORM_EVENTS.labels(fmt, outcome).inc()
+            exc.details.setdefault("platform", fmt)
+            raise
 
     async def _handle_event(self, event: OrderEvent) -> HandleResult:
         kind = document_kind(event, options=self._options)
@@ -358,6 +390,22 @@ def _id(resource: dict[str, Any]) -> int | str:
     if isinstance(value, int | str):
         return value
     raise ApiUnavailable("resource without a usable id")
+
+
+#: Which result stands for a record that became several events (the most telling first).
+_OUTCOME_RANK = ("created", "reconciled", "void", "duplicate", "skipped")
+
+
+def _event_type(decoded: DecodedRecord) -> str:
+    return decoded.events[0].event_type if decoded.events else "other"
+
+
+def _combined(decoded: DecodedRecord, results: list[HandleResult]) -> HandleResult:
+    """One result per record: a record without events is skipped."""
+    if not results:
+        return HandleResult(_event_type(decoded), "skipped")
+    rank = {outcome: i for i, outcome in enumerate(_OUTCOME_RANK)}
+    return min(results, key=lambda r: rank.get(r.outcome, len(rank)))
 
 
 _FIND_ARG = {"tax_number": "tax_number", "email": "email", "phone_number": "phone"}

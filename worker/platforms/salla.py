@@ -189,8 +189,13 @@ def _order(data: dict[str, Any], options: PlatformOptions) -> dict[str, Any]:
     if cod:
         shipping.append({"amount": fmt(cod), "tax": tax_dict(order_rate, options)})
 
-    totals: dict[str, str] = {"total": fmt(money(amounts.get("total"), currency, "data.amounts.total"))}
-    for name, value in (("subtotal", amounts.get("sub_total")), ("tax", lookup(amounts, "tax.amount"))):
+    totals: dict[str, str] = {
+        "total": fmt(money(amounts.get("total"), currency, "data.amounts.total"))
+    }
+    for name, value in (
+        ("subtotal", amounts.get("sub_total")),
+        ("tax", lookup(amounts, "tax.amount")),
+    ):
         if value is not None:
             totals[name] = fmt(abs(money(value, currency, f"data.amounts.{name}")))
     return {
@@ -230,4 +235,3 @@ def _customer(data: dict[str, Any], options: PlatformOptions) -> dict[str, Any]:
         },
         options=options,
     )
-

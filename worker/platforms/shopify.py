@@ -88,7 +88,9 @@ def adapt(
     if topic == "orders/cancelled":
         when = data.get("cancelled_at") or triggered_at or data.get("updated_at")
         reason = text(data.get("cancel_reason"))
-        parts.append(("order.cancelled", {"reason": f"Order cancelled ({reason})" if reason else None}))
+        parts.append(
+            ("order.cancelled", {"reason": f"Order cancelled ({reason})" if reason else None})
+        )
     else:
         when = triggered_at or data.get("updated_at") or data.get("processed_at")
         financial = (text(data.get("financial_status")) or "").lower()
@@ -174,7 +176,11 @@ def _tax_rate(item: dict[str, Any], path: str) -> Decimal:
         return _ZERO
     return sum(
         (
-            rate_percent(as_dict(t, f"{path}.tax_lines[{j}]").get("rate"), f"{path}.tax_lines[{j}].rate", fraction=True)
+            rate_percent(
+                as_dict(t, f"{path}.tax_lines[{j}]").get("rate"),
+                f"{path}.tax_lines[{j}].rate",
+                fraction=True,
+            )
             for j, t in enumerate(as_list(item.get("tax_lines"), f"{path}.tax_lines"))
         ),
         _ZERO,
@@ -184,8 +190,14 @@ def _tax_rate(item: dict[str, Any], path: str) -> Decimal:
 def _allocated(item: dict[str, Any], currency: str, path: str) -> Decimal:
     return sum(
         (
-            money(as_dict(a, f"{path}.discount_allocations[{j}]").get("amount"), currency, f"{path}.discount_allocations[{j}].amount")
-            for j, a in enumerate(as_list(item.get("discount_allocations"), f"{path}.discount_allocations"))
+            money(
+                as_dict(a, f"{path}.discount_allocations[{j}]").get("amount"),
+                currency,
+                f"{path}.discount_allocations[{j}].amount",
+            )
+            for j, a in enumerate(
+                as_list(item.get("discount_allocations"), f"{path}.discount_allocations")
+            )
         ),
         _ZERO,
     )
@@ -202,10 +214,16 @@ def _order(data: dict[str, Any], options: PlatformOptions) -> dict[str, Any]:
         line_id = text(item.get("id")) or str(i + 1)
         discount = _allocated(item, currency, path)
         if not item.get("discount_allocations"):
-            discount = money(item.get("total_discount"), currency, f"{path}.total_discount", default=_ZERO)
+            discount = money(
+                item.get("total_discount"), currency, f"{path}.total_discount", default=_ZERO
+            )
         sku = (
             text(item.get("sku"))
-            or (f"shopify-variant-{text(item.get('variant_id'))}" if item.get("variant_id") else None)
+            or (
+                f"shopify-variant-{text(item.get('variant_id'))}"
+                if item.get("variant_id")
+                else None
+            )
             or f"shopify-line-{line_id}"
         )
         lines.append(
@@ -226,7 +244,9 @@ def _order(data: dict[str, Any], options: PlatformOptions) -> dict[str, Any]:
         amount = money(ship.get("price"), currency, f"{path}.price")
         discount = _allocated(ship, currency, path)
         if not ship.get("discount_allocations") and ship.get("discounted_price") is not None:
-            discount = amount - money(ship.get("discounted_price"), currency, f"{path}.discounted_price")
+            discount = amount - money(
+                ship.get("discounted_price"), currency, f"{path}.discounted_price"
+            )
         if amount:
             shipping.append(
                 {
@@ -236,7 +256,11 @@ def _order(data: dict[str, Any], options: PlatformOptions) -> dict[str, Any]:
                 }
             )
     totals = {"total": fmt(money(data.get("total_price"), currency, "total_price"))}
-    for name, field in (("subtotal", "subtotal_price"), ("tax", "total_tax"), ("discount", "total_discounts")):
+    for name, field in (
+        ("subtotal", "subtotal_price"),
+        ("tax", "total_tax"),
+        ("discount", "total_discounts"),
+    ):
         if data.get(field) is not None:
             totals[name] = fmt(abs(money(data.get(field), currency, field)))
     return {
@@ -260,11 +284,15 @@ def _customer(data: dict[str, Any], options: PlatformOptions) -> dict[str, Any]:
     person = " ".join(
         p for p in (text(customer.get("first_name")), text(customer.get("last_name"))) if p
     )
-    street = ", ".join(p for p in (text(address.get("address1")), text(address.get("address2"))) if p)
+    street = ", ".join(
+        p for p in (text(address.get("address1")), text(address.get("address2"))) if p
+    )
     return customer_dict(
         external_id=text(customer.get("id")) or f"shopify-order-{text(data.get('id'))}",
         name=person or text(address.get("name")),
-        email=text(data.get("email")) or text(data.get("contact_email")) or text(customer.get("email")),
+        email=text(data.get("email"))
+        or text(data.get("contact_email"))
+        or text(customer.get("email")),
         phone=phone_number(
             text(data.get("phone")) or text(customer.get("phone")) or text(address.get("phone"))
         ),

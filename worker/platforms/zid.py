@@ -166,7 +166,9 @@ def _order(order: dict[str, Any], options: PlatformOptions) -> dict[str, Any]:
         )
     for code in sorted(_COD_CODES & rows.keys()):
         if rows[code]:
-            shipping.append({"amount": fmt(abs(rows[code])), "tax": tax_dict(shipping_rate, options)})
+            shipping.append(
+                {"amount": fmt(abs(rows[code])), "tax": tax_dict(shipping_rate, options)}
+            )
     coupon = text(lookup(order, "coupon.code"))
     total = order.get("order_total", rows.get("total"))
     totals = {"total": fmt(money(total, currency, "order_total"))}
