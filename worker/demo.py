@@ -18,13 +18,14 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.broker import TansuBroker
 from worker.demo_data import DemoRecord, generate_demo_events
-from worker.dlq import read_dead_letters
+from worker.dlq import DeadLetter, read_dead_letters
 from worker.logs import configure_logging
 from worker.metrics import EVENTS_CONSUMED
 from worker.sandbox import SandboxConfig, run_sandbox
@@ -140,13 +141,13 @@ def _summarise(
     records: list[DemoRecord],
     broken: list[DemoRecord],
     wanted: Counter[str],
-    stats: dict[str, object],
-    letters: list,
+    stats: dict[str, Any],
+    letters: list[DeadLetter],
     exit_code: int,
-    elapsed: float,  # type: ignore[type-arg]
+    elapsed: float,
 ) -> int:
-    invoices, credit_notes = int(stats["invoices"]), int(stats["credit_notes"])  # type: ignore[call-overload]
-    duplicates = int(stats["duplicate_references"])  # type: ignore[call-overload]
+    invoices, credit_notes = int(stats["invoices"]), int(stats["credit_notes"])
+    duplicates = int(stats["duplicate_references"])
     got = Counter((d.key, d.value, d.reason) for d in letters)
     missing = [r for r in broken if got[(r.key, r.value, r.expected.split(":", 1)[1])] < 1]
     unexpected = len(letters) - (len(broken) - len(missing))

@@ -322,8 +322,10 @@ class Pipeline:
         fault_attempt = 0
         started = time.monotonic()
         first_failure: float | None = None
+        # The Kafka key is the order id by contract; it rides on every line of this event.
+        order = record.key.decode("utf-8", "replace")[:100] if record.key is not None else None
         with bound_contextvars(
-            topic=record.topic, partition=record.partition, offset=record.offset
+            topic=record.topic, partition=record.partition, offset=record.offset, order_id=order
         ):
             while True:
                 attempt += 1

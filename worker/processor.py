@@ -324,9 +324,7 @@ class EventProcessor:
             contact_id = await self._contact_id(plan)
             product_ids = {
                 p.sku: await self._product_id(
-                    p.sku,
-                    p.payload()["product"],
-                    plan.create_missing_products,  # type: ignore[arg-type]
+                    p.sku, _inner(p.payload(), "product"), plan.create_missing_products
                 )
                 for p in plan.products
             }
@@ -360,7 +358,7 @@ class EventProcessor:
                 if found is not None:
                     return _id(found)
             created = await self._api.create_customer(
-                customer.payload()["contact"],  # the API adds the envelope
+                _inner(customer.payload(), "contact"),  # the API adds the envelope
                 idempotency_key=_derived_key("contact", *identity),
             )
             log.info("customer.created", contact_id=created["id"])
@@ -382,6 +380,13 @@ class EventProcessor:
             return _id(created)
 
         return await self._products.get_or_load(sku, load)
+
+
+def _inner(body: dict[str, object], envelope: str) -> dict[str, object]:
+    """The object inside a ``{"contact": {...}}``-style body."""
+    inner = body[envelope]
+    assert isinstance(inner, dict)
+    return inner
 
 
 def _id(resource: dict[str, Any]) -> int | str:
