@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.events import BenchEvent
 from worker import __version__
@@ -36,7 +36,7 @@ __all__ = ["bench_settings", "post_ceiling", "serial_consumer"]
 
 
 def bench_settings(*, bootstrap: str, topic: str, api_url: str, workdir: Path) -> Settings:
-    """Settings for the in-process baselines, built explicitly (no environment)."""
+    """Settings for the in-process serial baseline: the defaults plus this run's endpoints."""
     base = Settings.model_construct()
     return Settings(
         kafka=base.kafka.model_copy(
@@ -82,14 +82,10 @@ async def _bodies(
         assert plan.customer is not None
         identity = plan.customer.external_id
         if identity not in contacts:
-            contacts[identity] = await _create(
-                http, url, "/2.0/customers", plan.customer.payload()
-            )
+            contacts[identity] = await _create(http, url, "/2.0/customers", plan.customer.payload())
         for product in plan.products:
             if product.sku not in products:
-                products[product.sku] = await _create(
-                    http, url, "/2.0/products", product.payload()
-                )
+                products[product.sku] = await _create(http, url, "/2.0/products", product.payload())
     out = []
     for plan in plans:
         assert plan.customer is not None
@@ -136,9 +132,19 @@ async def post_ceiling(url: str, events: Sequence[BenchEvent], *, concurrency: i
         raise RuntimeError(f"{failures} ceiling posts did not answer 201")
 
 
-async def serial_consumer(settings: Settings, *, count: int) -> None:
-    """Process ``count`` records one at a time, committing after each (the naive design)."""
-    consumer = AIOKafkaConsumer(*settings.kafka.topics, **consumer_options(settings.kafka))
+async def serial_consumer(
+    settings: Settings, phases: Sequence[Sequence[BenchEvent]], *, bootstrap: str
+) -> None:
+    """Publish each phase, then process it one record at a time with a commit after each.
+
+    Phases run in turn (a warm-up, then the measured events) because partitions are read
+    in no fixed order: warm-up records left in a later partition would otherwise fill the
+    caches in the middle of the measured ones.
+    """
+    topic = settings.kafka.topics[0]
+    consumer = AIOKafkaConsumer(topic, **consumer_options(settings.kafka))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
     await consumer.start()
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -148,10 +154,15 @@ async def serial_consumer(settings: Settings, *, count: int) -> None:
                 AccountingApi(settings.api, auth=auth, max_connections=1)
             )
             processor = EventProcessor(api=api, ledger=ledger, settings=settings)
-            for _ in range(count):
-                record = await consumer.getone()
-                await processor.handle(record)
-                tp = TopicPartition(record.topic, record.partition)
-                await consumer.commit({tp: record.offset + 1})
+            for phase in phases:
+                for event in phase:
+                    await producer.send(topic, event.value, key=event.key)
+                await producer.flush()
+                for _ in phase:
+                    record = await consumer.getone()
+                    await processor.handle(record)
+                    tp = TopicPartition(record.topic, record.partition)
+                    await consumer.commit({tp: record.offset + 1})
     finally:
         await consumer.stop()
+        await producer.stop()

@@ -39,6 +39,7 @@ __all__ = [
     "create_topic",
     "publish",
     "read_metric",
+    "worker_env",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

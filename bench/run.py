@@ -199,11 +199,11 @@ async def serial_run(name: str, count: int, *, workdir: Path) -> float:
     measured = make_events(count, prefix=name, customers=customers, seed=3)
     with TansuBroker(log_path=workdir / f"tansu-{name}.log") as broker:
         async with SandboxProcess(_S2_SANDBOX) as sbx:
-            await publish(broker.bootstrap, name, warm + measured, partitions=_PARTITIONS)
+            await create_topic(broker.bootstrap, name, partitions=_PARTITIONS)
             settings = bench_settings(
                 bootstrap=broker.bootstrap, topic=name, api_url=sbx.url, workdir=workdir
             )
-            await serial_consumer(settings, count=len(warm) + len(measured))
+            await serial_consumer(settings, [warm, measured], bootstrap=broker.bootstrap)
             created = await sbx.created()
     wanted = {e.reference for e in measured}
     times = sorted(
@@ -483,7 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="invoice-sync-bench-") as tmp:
         doc = asyncio.run(
             run_all(
-                scale, profile=not args.no_profile, workdir=Path(tmp),
+                scale,
+                profile=not args.no_profile,
+                workdir=Path(tmp),
                 keep_profile=args.keep_profile,
             )
         )
@@ -491,8 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     _say()
     _say(render(doc))
-    _say(f"\nwrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}"
-         f" in {doc['bench_runtime_s']}s")  # fmt: skip
+    shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
+    _say(f"\nwrote {shown} in {doc['bench_runtime_s']}s")
     return 0
 
 

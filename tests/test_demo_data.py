@@ -7,13 +7,19 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from worker import errors
-from worker.demo_data import DemoRecord, generate_demo_events
+from worker.demo_data import DEMO_WEBHOOK_SECRETS, DemoRecord, generate_demo_events
 from worker.events import parse_event
 from worker.mapping import plan_document
+from worker.platforms import PlatformConfig, decode_record
+from worker.settings import PlatformSettings, Settings
 
-RECORDS = generate_demo_events()
+ALL_RECORDS = generate_demo_events()
+# Platform webhooks (Salla, Zid, Shopify) name their format in a header; the rest are v1.
+PLATFORM = [r for r in ALL_RECORDS if "x-event-source" in dict(r.headers)]
+RECORDS = [r for r in ALL_RECORDS if "x-event-source" not in dict(r.headers)]
 ERROR_BY_REASON: dict[str, type[errors.InvoiceSyncError]] = {
     cls.reason: cls
     for cls in vars(errors).values()
@@ -40,8 +46,8 @@ class TestDemoStream:
 
     def test_deterministic(self) -> None:
         """The same seed gives the same bytes; another seed gives another stream."""
-        assert generate_demo_events() == RECORDS
-        assert generate_demo_events(seed=8) != RECORDS
+        assert generate_demo_events() == ALL_RECORDS
+        assert generate_demo_events(seed=8) != ALL_RECORDS
 
     def test_every_outcome_present(self) -> None:
         """Invoices, credit notes, skips and each DLQ reason all occur."""
@@ -112,3 +118,51 @@ class TestDemoStream:
         refunds = [_json(r) for r in VALID if _json(r)["event_type"] == "order.refunded"]
         assert refunds
         assert any(r["refund"].get("shipping_amount") for r in refunds)
+
+
+def _signed_config() -> PlatformConfig:
+    secrets = {
+        f"{name}_webhook_secret": SecretStr(v.decode()) for name, v in DEMO_WEBHOOK_SECRETS.items()
+    }
+    return PlatformConfig.from_settings(Settings(platforms=PlatformSettings(**secrets)))
+
+
+class TestDemoPlatformRecords:
+    def test_every_platform_and_outcome_present(self) -> None:
+        """Salla, Zid and Shopify records are mixed in, with invoices, credit notes and skips."""
+        sources = Counter(dict(r.headers)["x-event-source"] for r in PLATFORM)
+        assert set(sources) == {b"salla", b"zid", b"shopify"}
+        assert {"invoice", "credit_note", "skip"} <= {r.expected for r in PLATFORM}
+        assert len(ALL_RECORDS) == len(RECORDS) + len(PLATFORM)
+
+    def test_platform_records_reach_their_outcome(self) -> None:
+        """Each record, decoded with signatures on and repeats skipped, maps to its outcome."""
+        config = _signed_config()
+        seen: set[str | None] = set()
+        got = []
+        for record in PLATFORM:
+            decoded = decode_record(record.value, headers=record.headers, config=config)
+            if decoded.delivery_id in seen:
+                got.append("skip")
+                continue
+            seen.add(decoded.delivery_id)
+            kinds = {plan.kind for e in decoded.events if (plan := plan_document(e)) is not None}
+            assert len(kinds) <= 1
+            got.append(kinds.pop() if kinds else "skip")
+        assert got == [r.expected for r in PLATFORM]
+
+    def test_one_shopify_delivery_is_repeated(self) -> None:
+        """Exactly one Shopify webhook is delivered twice (same body, same event id)."""
+        shopify = [r for r in PLATFORM if dict(r.headers)["x-event-source"] == b"shopify"]
+        counts = Counter((r.value, dict(r.headers)["X-Shopify-Event-Id"]) for r in shopify)
+        assert sorted(counts.values())[-2:] == [1, 2]
+
+    def test_platform_keys_keep_order(self) -> None:
+        """One order's webhooks share its key and never interleave with v1 ids."""
+        v1_keys = {r.key for r in RECORDS}
+        assert not v1_keys & {r.key for r in PLATFORM}
+        positions: dict[bytes, list[int]] = {}
+        for i, record in enumerate(ALL_RECORDS):
+            positions.setdefault(record.key, []).append(i)
+        for record in PLATFORM:
+            assert positions[record.key] == sorted(positions[record.key])

@@ -382,16 +382,23 @@ def _raise_for(resp: Response, endpoint: str, method: str) -> NoReturn:
 
 
 def _is_duplicate_reference(errors: object) -> bool:
+    """The reference is taken, or our Idempotency-Key was used before with another body.
+
+    Both mean an earlier attempt created the document: the caller looks it up and records
+    it (a ledger that lost its rows resends the key with a body that changed since).
+    """
     if not isinstance(errors, dict):
         return False
-    messages = errors.get("reference")
-    if isinstance(messages, str):
-        messages = [messages]
-    if not isinstance(messages, list):
-        return False
-    return any(
-        isinstance(m, str) and any(word in m.lower() for word in _DUPLICATE_WORDS) for m in messages
-    )
+    for field in ("reference", "idempotency_key"):
+        messages = errors.get(field)
+        if isinstance(messages, str):
+            messages = [messages]
+        if isinstance(messages, list) and any(
+            isinstance(m, str) and any(word in m.lower() for word in _DUPLICATE_WORDS)
+            for m in messages
+        ):
+            return True
+    return False
 
 
 def _field_names(errors: object) -> list[str]:

@@ -283,6 +283,18 @@ class Ledger(abc.ABC):
             last_error=row[6],
         )
 
+    async def refund_payloads(self, store_id: str, order_id: str) -> list[str]:
+        """Bodies of the refund credit notes already created for an order (for cancellation)."""
+        with _Timer("lookup"):
+            rows = await self._fetchall(
+                "SELECT payload FROM documents WHERE store_id={0} AND kind='credit_note'"
+                " AND order_id={1} AND sub_id <> 'cancel' AND state='done'"
+                " AND payload IS NOT NULL ORDER BY created_at",
+                store_id,
+                order_id,
+            )
+        return [str(r[0]) for r in rows]
+
     async def delivery_seen(self, source: str, delivery_id: str) -> bool:
         """True when this platform delivery id was processed before."""
         with _Timer("lookup"):

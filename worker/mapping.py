@@ -87,6 +87,7 @@ __all__ = [
     "is_valid_saudi_vat",
     "ledger_key",
     "plan_document",
+    "subtract_credited",
 ]
 
 DocumentKind = Literal["invoice", "credit_note"]
@@ -718,3 +719,49 @@ def plan_document(
 
 
 _DEFAULT_OPTIONS = MappingOptions()
+
+
+def subtract_credited(
+    lines: Sequence[Mapping[str, object]],
+    credited: Sequence[Mapping[str, object]],
+    *,
+    currency: str | None = None,
+) -> list[dict[str, object]]:
+    """What is left to credit of an invoice's line items after earlier credit notes.
+
+    A cancellation after a partial refund must credit only the rest: the API refuses a credit
+    note larger than what remains of the invoice. Amounts are matched per product: each
+    credited line's amount (``round(quantity x unit_price) - discount``) is taken off the
+    invoice lines of the same product, in order, by raising their amount discount, so the API
+    computes exactly the remaining net. Lines with nothing left are dropped.
+    """
+    cur = currency or "SAR"
+
+    def amount(line: Mapping[str, object]) -> Decimal:
+        gross = quantize(Decimal(str(line["quantity"])) * Decimal(str(line["unit_price"])), cur)
+        discount = Decimal(str(line.get("discount") or "0"))
+        if line.get("discount_type") == "percentage":
+            discount = quantize(gross * discount / 100, cur)
+        return gross - discount
+
+    to_take: dict[str, Decimal] = {}
+    for line in credited:
+        pid = str(line["product_id"])
+        to_take[pid] = to_take.get(pid, Decimal(0)) + amount(line)
+    remaining: list[dict[str, object]] = []
+    for line in lines:
+        pid = str(line["product_id"])
+        available = amount(line)
+        take = min(available, to_take.get(pid, Decimal(0)))
+        if take:
+            to_take[pid] -= take
+        left = available - take
+        if left <= 0:
+            continue
+        item = dict(line)
+        if take:
+            gross = quantize(Decimal(str(line["quantity"])) * Decimal(str(line["unit_price"])), cur)
+            item["discount"] = _dec(gross - left)
+            item["discount_type"] = "amount"
+        remaining.append(item)
+    return remaining

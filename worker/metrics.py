@@ -183,6 +183,9 @@ def initialise_label_sets() -> None:
         DEDUPLICATED.labels(kind)
     for reason in ("auth_configuration", "insufficient_scope"):
         CONFIG_FAULT.labels(reason)
+    for grant in ("client_credentials", "refresh_token"):
+        for outcome in ("success", "transient_error", "config_error"):
+            TOKEN_FETCHES.labels(grant, outcome)
     DEDUPLICATED.labels("delivery")
     for platform in ("salla", "zid", "shopify"):
         for outcome in PLATFORM_OUTCOMES:

@@ -41,7 +41,13 @@ from worker.errors import (
 from worker.events import ORDER_CANCELLED, OrderEvent, parse_event
 from worker.ledger import ClaimStatus, Ledger, LedgerKey
 from worker.logs import get_logger
-from worker.mapping import DocumentPlan, MappingOptions, document_kind, plan_document
+from worker.mapping import (
+    DocumentPlan,
+    MappingOptions,
+    document_kind,
+    plan_document,
+    subtract_credited,
+)
 from worker.metrics import DEDUPLICATED, DOCUMENTS_CREATED, PLATFORM_EVENTS
 from worker.pipeline import HandleResult
 from worker.platforms import DecodedRecord, PlatformConfig, decode_record, detect_format, header_map
@@ -123,6 +129,10 @@ def mapping_options(settings: Settings) -> MappingOptions:
         inventory_id=settings.api.inventory_id,
         create_missing_products=m.create_missing_products,
     )
+
+
+class NothingToCredit(Exception):
+    """A cancellation after full refunds: there is no credit note left to create."""
 
 
 def _derived_key(*parts: str) -> str:
@@ -244,7 +254,12 @@ class EventProcessor:
                         attempt=claim.attempts,
                     )
                     return HandleResult(event.event_type, "reconciled")
-            body = await self._body(plan, parent_id=parent_id, parent_payload=parent_payload)
+            try:
+                body = await self._body(plan, parent_id=parent_id, parent_payload=parent_payload)
+            except NothingToCredit as done:
+                await self._ledger.complete(key, document_id="", payload=None)
+                log.info("credit_note.nothing_left", reference=plan.reference, why=str(done))
+                return HandleResult(event.event_type, "skipped")
             document, outcome = await self._create(kind, plan, body)
             await self._ledger.complete(
                 key, document_id=str(document["id"]), payload=json.dumps(body, default=str)
@@ -328,6 +343,23 @@ class EventProcessor:
                 )
                 for p in plan.products
             }
+        if plan.kind == "credit_note" and plan.ledger_key.refund_id is None:
+            # A cancellation credits what earlier refunds left of the invoice.
+            key = plan.ledger_key
+            refunds = await self._ledger.refund_payloads(key.store_id, key.order_id)
+            if refunds:
+                if line_items is None:
+                    line_items = [
+                        line.payload(product_ids[line.product_sku]) for line in plan.lines
+                    ]
+                credited = [
+                    item
+                    for body_text in refunds
+                    for item in json.loads(body_text)["credit_note"]["line_items"]
+                ]
+                line_items = subtract_credited(line_items, credited, currency=plan.currency)
+                if not line_items:
+                    raise NothingToCredit(f"order {key.order_id} was refunded in full already")
         body = plan.payload(
             contact_id=contact_id,
             product_ids=product_ids,

@@ -1,0 +1,212 @@
+"""What one event does, against the sandbox over real HTTP and a real ledger: void before
+invoice, credit notes, crash reconciliation, duplicate references, unknown SKUs, scopes."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from worker.api import AccountingApi
+from worker.auth import build_auth
+from worker.errors import InsufficientScope, NoOriginalInvoice, UnknownSku
+from worker.ledger import ClaimStatus, Ledger, LedgerKey, open_ledger
+from worker.mapping import idempotency_key
+from worker.mapping import LedgerKey as PlanKey
+from worker.processor import EventProcessor
+from worker.sandbox import ClientSpec, Sandbox, SandboxConfig
+from worker.settings import LedgerSettings, Settings
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "config" / "examples"
+
+
+@dataclass
+class Rec:
+    value: bytes
+    key: bytes | None
+    topic: str = "orders"
+    partition: int = 0
+    offset: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def _event(name: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EXAMPLES / name).read_text())
+    data.update(changes)
+    return data
+
+
+def _rec(event: dict[str, Any]) -> Rec:
+    return Rec(json.dumps(event).encode(), event["order_id"].encode())
+
+
+Make = Callable[..., Awaitable[tuple[EventProcessor, Ledger]]]
+
+
+@pytest.fixture
+async def make_processor(tmp_path: Path) -> AsyncIterator[Make]:
+    opened: list[Any] = []
+
+    async def make(
+        sandbox: Sandbox, *, client: tuple[str, str] | None = None, **mapping: Any
+    ) -> tuple[EventProcessor, Ledger]:
+        base = Settings()
+        oauth = {"token_url": f"{sandbox.url}/oauth/token"}
+        if client:
+            oauth |= {"client_id": client[0], "client_secret": SecretStr(client[1])}
+        settings = base.model_copy(
+            update={
+                "api": base.api.model_copy(update={"base_url": sandbox.url}),
+                "oauth": base.oauth.model_copy(update=oauth),
+                "ledger": LedgerSettings(url=f"sqlite:///{tmp_path}/ledger-{len(opened)}.db"),
+                "mapping": base.mapping.model_copy(update=mapping),
+            }
+        )
+        ledger = open_ledger(settings.ledger)
+        await ledger.start()
+        auth = build_auth(settings)
+        await auth.start()
+        api = AccountingApi(settings.api, auth=auth)
+        await api.start()
+        opened.extend([api, auth, ledger])
+        return EventProcessor(api=api, ledger=ledger, settings=settings), ledger
+
+    yield make
+    for thing in opened:
+        await thing.close()
+
+
+class TestDocuments:
+    async def test_paid_creates_one_invoice_and_a_redelivery_is_a_duplicate(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """order.paid creates the invoice; the same event again is skipped as a duplicate."""
+        processor, _ = await make_processor(sandbox)
+        paid = _rec(_event("order.paid.business-b2b.json"))
+        assert (await processor.handle(paid)).outcome == "created"
+        assert (await processor.handle(paid)).outcome == "duplicate"
+        stats = sandbox.stats()
+        assert (stats["invoices"], stats["references"]) == (1, ["ORD-1001"])
+
+    async def test_refund_and_cancellation_credit_the_invoice(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """A refund credits its lines; a cancellation mirrors the invoice; both reference it."""
+        processor, _ = await make_processor(sandbox)
+        await processor.handle(_rec(_event("order.paid.business-b2b.json")))
+        assert (await processor.handle(_rec(_event("order.refunded.json")))).outcome == "created"
+        cancel = _event("order.cancelled.json", order_id="ORD-1001")
+        assert (await processor.handle(_rec(cancel))).outcome == "created"
+        notes = [n.to_json() for n in sandbox.state.ledger.credit_notes.values()]
+        invoice = next(iter(sandbox.state.ledger.invoices.values())).to_json()
+        assert sorted(n["reference"] for n in notes) == ["ORD-1001-CN-RF-77", "ORD-1001-CN-cancel"]
+        assert all(n["parent_id"] == invoice["id"] for n in notes)
+        # The cancellation credits exactly what the refund left of the invoice.
+        credited = sum(Decimal(n["total"]) for n in notes)
+        assert abs(credited - Decimal(invoice["total"])) <= Decimal("0.01")
+
+    async def test_cancelled_before_paid_is_never_invoiced(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """A cancellation with no invoice records that; the late paid event creates nothing."""
+        processor, _ = await make_processor(sandbox)
+        cancel = _event("order.cancelled.json", order_id="ORD-1001")
+        assert (await processor.handle(_rec(cancel))).outcome == "void"
+        paid = _rec(_event("order.paid.business-b2b.json"))
+        assert (await processor.handle(paid)).outcome == "void"
+        assert sandbox.stats()["invoices"] == 0
+        assert sandbox.stats()["credit_notes"] == 0
+
+    async def test_refund_without_invoice_is_no_original_invoice(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """A refund for an order never invoiced is a permanent no_original_invoice."""
+        processor, _ = await make_processor(sandbox)
+        with pytest.raises(NoOriginalInvoice) as info:
+            await processor.handle(_rec(_event("order.refunded.json")))
+        assert info.value.details["event_type"] == "order.refunded"
+
+
+class TestReconciliation:
+    async def test_claim_left_by_a_crash_is_reconciled_by_lookup(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """Invoice created, then a crash before complete(): the retry records it, creates none."""
+        processor, ledger = await make_processor(sandbox)
+        event = _event("order.paid.business-b2b.json")
+        await processor.handle(_rec(event))
+        # Rebuild the crashed state: a fresh ledger whose row is still "claimed".
+        processor2, ledger2 = await make_processor(sandbox)
+        key = LedgerKey("store-1001", "invoice", "ORD-1001")
+        idem = idempotency_key(PlanKey("store-1001", "invoice", "ORD-1001", None))
+        claim = await ledger2.claim(
+            key, idempotency_key=idem, reference="ORD-1001", event_id="evt-0001"
+        )
+        assert claim.status is ClaimStatus.NEW
+        assert (await processor2.handle(_rec(event))).outcome == "reconciled"
+        entry = await ledger2.get(key)
+        assert entry is not None
+        assert entry.state == "done"
+        assert entry.document_id is not None
+        assert sandbox.stats()["invoices"] == 1
+
+    async def test_reference_taken_in_the_api_is_recorded_not_dead_lettered(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """A ledger that lost its rows meets 'reference taken': it looks it up and records it."""
+        first, _ = await make_processor(sandbox)
+        event = _event("order.paid.business-b2b.json")
+        await first.handle(_rec(event))
+        changed = copy.deepcopy(event)
+        changed["event_id"] = "evt-other"
+        changed["order"]["lines"][0]["name"] = "Ceramic mug (renamed)"  # a different body
+        second, ledger = await make_processor(sandbox)
+        assert (await second.handle(_rec(changed))).outcome == "reconciled"
+        assert sandbox.stats()["invoices"] == 1
+        assert (await ledger.get(LedgerKey("store-1001", "invoice", "ORD-1001"))) is not None
+
+
+class TestConfiguration:
+    async def test_unknown_sku_when_products_are_not_created(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """create_missing_products=false dead-letters an unknown SKU as unknown_sku."""
+        processor, ledger = await make_processor(sandbox, create_missing_products=False)
+        with pytest.raises(UnknownSku):
+            await processor.handle(_rec(_event("order.paid.business-b2b.json")))
+        entry = await ledger.get(LedgerKey("store-1001", "invoice", "ORD-1001"))
+        assert entry is not None
+        assert (entry.state, entry.last_error) == ("dead_lettered", "unknown_sku")
+        assert sandbox.stats()["invoices"] == 0
+
+    async def test_missing_scope_is_a_configuration_fault(
+        self, sandbox_factory: Any, make_processor: Make
+    ) -> None:
+        """A client without products.write gets 403 insufficient_scope: a fault, not a DLQ."""
+        scopes = frozenset(
+            {
+                "invoices.read",
+                "invoices.write",
+                "customers.read",
+                "customers.write",
+                "products.read",
+                "credit_notes.write",
+            }
+        )
+        sbx = await sandbox_factory(
+            SandboxConfig(clients=[ClientSpec("narrow", "narrow-secret", scopes)])
+        )
+        processor, _ = await make_processor(sbx, client=("narrow", "narrow-secret"))
+        with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
+            await processor.handle(_rec(_event("order.paid.business-b2b.json")))
+        # Asking for products.write at the token endpoint is already refused (invalid_scope);
+        # either way it is a configuration fault that pauses the pipeline.
+        assert info.value.reason in {"auth_configuration", InsufficientScope.reason}
+        assert info.value.retriable
