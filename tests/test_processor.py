@@ -4,10 +4,10 @@ invoice, credit notes, crash reconciliation, duplicate references, unknown SKUs,
 from __future__ import annotations
 
 import copy
-from decimal import Decimal
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from worker.api import AccountingApi
 from worker.auth import build_auth
 from worker.errors import InsufficientScope, NoOriginalInvoice, UnknownSku
 from worker.ledger import ClaimStatus, Ledger, LedgerKey, open_ledger
-from worker.mapping import idempotency_key
 from worker.mapping import LedgerKey as PlanKey
+from worker.mapping import idempotency_key
 from worker.processor import EventProcessor
 from worker.sandbox import ClientSpec, Sandbox, SandboxConfig
 from worker.settings import LedgerSettings, Settings
@@ -139,7 +139,7 @@ class TestReconciliation:
         self, sandbox: Sandbox, make_processor: Make
     ) -> None:
         """Invoice created, then a crash before complete(): the retry records it, creates none."""
-        processor, ledger = await make_processor(sandbox)
+        processor, _ = await make_processor(sandbox)
         event = _event("order.paid.business-b2b.json")
         await processor.handle(_rec(event))
         # Rebuild the crashed state: a fresh ledger whose row is still "claimed".
