@@ -205,12 +205,19 @@ class WorkerProcess:
         fields = text[text.rindex(")") + 2 :].split()  # the name may contain spaces
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
+    def _status_mb(self, field: str) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field} in /proc status")
+
     def peak_rss_mb(self) -> float:
         """``VmHWM``: the high-water mark of resident memory, in MiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc status")
+        return self._status_mb("VmHWM")
+
+    def rss_mb(self) -> float:
+        """``VmRSS``: resident memory now, in MiB."""
+        return self._status_mb("VmRSS")
 
     async def metrics(self) -> str:
         async with aiohttp.ClientSession() as http, http.get(self.metrics_url) as response:

@@ -2,9 +2,10 @@
 
 py-spy attaches to the running worker by pid (``--nonblocking``: it never pauses the
 process, so the profile shows the worker at speed) and writes collapsed stacks
-(``--format raw``). :func:`summarise` folds them into self time per function, inclusive
-time per function, and self time per package, which is what ``docs/benchmark.md``
-quotes. py-spy is a profiling-only tool and not a project dependency:
+(``--format raw``). :func:`summarise` folds them into shares per pipeline stage (a stack
+belongs to the first stage whose pattern it matches), self and inclusive time per
+function, and self time per package, which is what ``docs/benchmark.md`` quotes.
+py-spy is a profiling-only tool and not a project dependency:
 ``.venv/bin/pip install py-spy``; without it the profile is skipped with a note.
 """
 
@@ -21,6 +22,23 @@ from typing import Any
 __all__ = ["py_spy_path", "start_py_spy", "summarise"]
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]+)(?::\d+)?\)$")
+#: Pipeline stages, matched against a whole stack in this order; the first match wins.
+_STAGES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("ledger thread (aiosqlite, sqlite3)", r"_connection_worker_thread"),
+        ("start-up (imports)", r"_find_and_load"),
+        ("parse_event (pydantic, Decimal)", r"(^|;)parse_event \("),
+        ("plan_document (mapping, money)", r"(^|;)plan_document \("),
+        ("ledger calls (event-loop side)", r"(^|;)Ledger\.(claim|complete) \("),
+        ("API calls (auth, aiohttp client, JSON)", r"(^|;)AccountingApi\.create_invoice \("),
+        ("logging (structlog, stdlib, JSON)", r"structlog/|logging/__init__|worker/logs\.py"),
+        ("metrics (prometheus_client)", r"prometheus_client"),
+        ("pipeline bookkeeping", r"(^|;)Pipeline\._(dispatch|commit|release|check_idle)"),
+        ("Kafka fetch (aiokafka)", r"aiokafka/"),
+        ("epoll and loop wake-ups", r"EpollSelector\.select|_read_from_self|_write_to_self"),
+    )
+)
 _PACKAGES = (
     "aiohttp", "aiokafka", "aiosqlite", "asyncio", "json", "logging", "multidict",
     "prometheus_client", "pydantic", "pydantic_core", "structlog", "sqlite3", "yarl",
@@ -80,6 +98,7 @@ def summarise(path: Path, *, top: int = 12) -> dict[str, Any]:
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -87,6 +106,8 @@ def summarise(path: Path, *, top: int = 12) -> dict[str, Any]:
             continue
         count = int(count_text)
         total += count
+        stage = next((name for name, rx in _STAGES if rx.search(stack)), None)
+        stages[stage or "other (task steps, socket callbacks, aiohttp responses)"] += count
         frames = [_frame(f) for f in stack.split(";")]
         frames = [f for f in frames if f[1]]  # drop the "process"/"thread" pseudo-frames
         if not frames:
@@ -102,6 +123,7 @@ def summarise(path: Path, *, top: int = 12) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "by_stage_pct": share(stages) if total else [],
         "top_self_pct": share(self_time) if total else [],
         "top_inclusive_pct": share(inclusive) if total else [],
         "by_package_self_pct": share(packages) if total else [],

@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +54,7 @@ from bench.harness import ROOT, SandboxProcess, WorkerProcess, create_topic, pub
 from bench.profile import py_spy_path, start_py_spy, summarise
 from worker.broker import TansuBroker
 from worker.logs import configure_logging
+from worker.settings import OAuthSettings
 
 T = TypeVar("T")
 
@@ -61,7 +62,8 @@ _PARTITIONS = 6
 _CONCURRENCY = 64  # pipeline.max_in_flight default, and the ceiling client's concurrency
 _API_LATENCY_MS = 50.0
 _TOKEN_LIFETIME_S = 5.0
-_SKEW_S = 60.0  # oauth.skew_s default; the provider caps it at half the lifetime
+# oauth.skew_s as the worker runs it (the bench strips INVOICE_SYNC_* from its environment).
+_SKEW_S = float(OAuthSettings.model_fields["skew_s"].default)
 _IDLE_STOP_S = "1.5"
 _RESULTS = ROOT / "bench" / "results"
 _S1_SANDBOX: tuple[str, ...] = ()
@@ -102,6 +104,7 @@ class WorkerRun:
     renewals_401: float  # the worker's own counter
     auth_failures: int  # the sandbox's 401s
     exit_code: int
+    rss_curve: tuple[tuple[int, float], ...]  # (invoices so far, VmRSS MiB), about once a second
 
 
 def _say(text: str = "") -> None:
@@ -155,7 +158,12 @@ async def worker_run(
             try:
                 first = await sbx.wait_for(1, timeout_s=60, every_s=0.01)
                 cpu_start, done_at_start = worker.cpu_seconds(), first.invoices
-                last = await sbx.wait_for(total, timeout_s=60)
+                curve: list[tuple[int, float]] = []
+                sampler = asyncio.create_task(_sample_rss(worker, sbx, curve))
+                try:
+                    last = await sbx.wait_for(total, timeout_s=60)
+                finally:
+                    sampler.cancel()
                 cpu = worker.cpu_seconds() - cpu_start
                 rss = worker.peak_rss_mb()
                 metrics = await worker.metrics()
@@ -181,7 +189,18 @@ async def worker_run(
         renewals_401=read_metric(metrics, _RENEWALS_401),
         auth_failures=int(created["stats"]["auth_failures"].get("invalid_token", 0)),
         exit_code=exit_code,
+        rss_curve=tuple(curve),
     )
+
+
+async def _sample_rss(
+    worker: WorkerProcess, sbx: SandboxProcess, out: list[tuple[int, float]]
+) -> None:
+    """Append (invoices, current RSS) about once a second: a leak climbs, a plateau is flat."""
+    while True:
+        await asyncio.sleep(1.0)
+        progress = await sbx.progress()
+        out.append((progress.invoices, round(worker.rss_mb(), 1)))
 
 
 async def ceiling_run(events: Sequence[BenchEvent]) -> float:
@@ -263,11 +282,18 @@ async def latency_run(name: str, rate: float, seconds: float, *, workdir: Path) 
 # --- orchestration -------------------------------------------------------------------------
 
 
-async def _timed(label: str, work: Callable[[], Awaitable[T]]) -> T:
+async def _timed(label: str, work: Awaitable[T]) -> T:
+    """Await ``work`` and say how long it took (progress for a run of several minutes)."""
     started = time.monotonic()
-    result = await work()
+    result = await work
     _say(f"  {label}: done in {time.monotonic() - started:.0f}s")
     return result
+
+
+def _thin(curve: Sequence[tuple[int, float]], points: int) -> list[list[float]]:
+    """At most ``points`` evenly spaced samples of ``curve`` (the JSON stays readable)."""
+    step = max(1, math.ceil(len(curve) / points))
+    return [list(p) for p in curve[::step]]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -286,35 +312,35 @@ async def run_all(
     serial: list[float] = []
     for i in range(1, scale.runs + 1):
         _say(f"round {i}/{scale.runs}")
-        s1.append(await _timed(f"S1 worker ({scale.s1_events:,} events)", lambda i=i: worker_run(
-            f"s1-{i}", s1_events, sandbox=_S1_SANDBOX, env={}, workdir=workdir)))  # fmt: skip
-        ceilings.append(await _timed("S1 ceiling client", lambda: ceiling_run(s1_events)))
-        s2.append(await _timed(f"S2 worker ({scale.s2_events:,} events)", lambda i=i: worker_run(
-            f"s2-{i}", s2_events, sandbox=_S2_SANDBOX, env=_S2_ENV, workdir=workdir)))  # fmt: skip
-        serial.append(await _timed(f"S2 serial baseline ({scale.serial_events} events)",
-                                   lambda i=i: serial_run(f"serial-{i}", scale.serial_events,
-                                                          workdir=workdir)))  # fmt: skip
-        _say(f"    S1 {s1[-1].per_s:,.0f}/s vs ceiling {ceilings[-1]:,.0f}/s; "
-             f"S2 {s2[-1].per_s:,.0f}/s vs serial {serial[-1]:,.1f}/s")  # fmt: skip
+        s1_run = worker_run(f"s1-{i}", s1_events, sandbox=_S1_SANDBOX, env={}, workdir=workdir)
+        s1.append(await _timed(f"S1 worker ({scale.s1_events:,} events)", s1_run))
+        ceilings.append(await _timed("S1 ceiling client", ceiling_run(s1_events)))
+        s2_run = worker_run(f"s2-{i}", s2_events, sandbox=_S2_SANDBOX, env=_S2_ENV, workdir=workdir)
+        s2.append(await _timed(f"S2 worker ({scale.s2_events:,} events)", s2_run))
+        serial_once = serial_run(f"serial-{i}", scale.serial_events, workdir=workdir)
+        serial.append(await _timed(f"S2 serial ({scale.serial_events} events)", serial_once))
+        _say(
+            f"    S1 {s1[-1].per_s:,.0f}/s vs ceiling {ceilings[-1]:,.0f}/s; "
+            f"S2 {s2[-1].per_s:,.0f}/s vs serial {serial[-1]:,.1f}/s"
+        )
     s2_rate = _median([r.per_s for r in s2])
     _say("latency")
-    latency = await _timed(
-        f"paced at {s2_rate / 2:,.0f}/s for {scale.latency_s:g}s",
-        lambda: latency_run("lat", s2_rate / 2, scale.latency_s, workdir=workdir),
-    )
+    paced = latency_run("lat", s2_rate / 2, scale.latency_s, workdir=workdir)
+    latency = await _timed(f"paced at {s2_rate / 2:,.0f}/s for {scale.latency_s:g}s", paced)
     _say("memory")
     big_events = make_events(scale.memory_events, prefix="M", seed=13)
-    big = await _timed(f"S1 worker ({scale.memory_events:,} events)", lambda: worker_run(
-        "mem", big_events, sandbox=_S1_SANDBOX, env={}, workdir=workdir))  # fmt: skip
+    big_run = worker_run("mem", big_events, sandbox=_S1_SANDBOX, env={}, workdir=workdir)
+    big = await _timed(f"S1 worker ({scale.memory_events:,} events)", big_run)
     profile_doc: dict[str, Any] = {"skipped": "disabled with --no-profile"}
     if profile and py_spy_path() is None:
         profile_doc = {"skipped": "py-spy not installed (.venv/bin/pip install py-spy)"}
     elif profile:
         _say("profile")
         raw = workdir / "py-spy-s1.txt"
-        run = await _timed("S1 worker under py-spy", lambda: worker_run(
-            "prof", s1_events, sandbox=_S1_SANDBOX, env={}, workdir=workdir,
-            profile_to=raw))  # fmt: skip
+        sampled = worker_run(
+            "prof", s1_events, sandbox=_S1_SANDBOX, env={}, workdir=workdir, profile_to=raw
+        )
+        run = await _timed("S1 worker under py-spy", sampled)
         profile_doc = {"s1_worker_per_s_while_sampled": round(run.per_s, 1), **summarise(raw)}
         if keep_profile is not None:
             shutil.copy(raw, keep_profile)
@@ -401,6 +427,7 @@ def _document(
             "growth": round(big.peak_rss_mb / rss_small - 1, 3),
             "runs_peak_rss_mb_20k": [round(r.peak_rss_mb, 1) for r in s1],
             "large_run_per_s": round(big.per_s, 1),
+            "large_run_rss_curve": _thin(big.rss_curve, 20),
         },
         "cpu": {
             "s_per_1k": round(cpu, 3),
@@ -458,9 +485,9 @@ def render(doc: dict[str, Any]) -> str:
         "so worker start-up, group join and the first token fetch are excluded.",
     ]
     prof = doc["profile"]
-    if "top_self_pct" in prof:
-        lines += ["", "Profile (S1, py-spy, self time % of active samples):"]
-        lines += [f"  {pct:5.1f}%  {name}" for name, pct in prof["top_self_pct"][:8]]
+    if "by_stage_pct" in prof:
+        lines += ["", "Profile of the worker in S1 (py-spy, % of samples by stage):"]
+        lines += [f"  {pct:5.1f}%  {name}" for name, pct in prof["by_stage_pct"]]
     return "\n".join(lines)
 
 

@@ -132,6 +132,8 @@ def generate_chaos_events(
         for demo in batch:
             fixed = _restore(demo, store)
             records.append(
-                ChaosRecord(fixed.key, fixed.value, fixed.headers, fixed.expected, _reference(fixed))
+                ChaosRecord(
+                    fixed.key, fixed.value, fixed.headers, fixed.expected, _reference(fixed)
+                )
             )
     return ChaosEvents(store, records)

@@ -1,7 +1,10 @@
-"""Shared fixtures: the real broker, PostgreSQL, and the sandbox API (see tests/plugins/)."""
+"""Shared fixtures: the real broker, PostgreSQL, the sandbox API, Prometheus and worker
+subprocesses (see tests/plugins/)."""
 
 pytest_plugins = [
     "tests.plugins.kafka",
     "tests.plugins.postgres",
     "tests.plugins.sandbox",
+    "tests.plugins.prometheus",
+    "tests.plugins.worker_process",
 ]

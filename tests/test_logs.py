@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import structlog
@@ -59,12 +60,12 @@ def json_logs(restore_logging: None) -> io.StringIO:
     return buf
 
 
-def _lines(buf: io.StringIO) -> list[dict[str, object]]:
+def _lines(buf: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in buf.getvalue().splitlines()]
 
 
-def _redact(event_dict: dict[str, object]) -> dict[str, object]:
-    return RedactSecrets()(None, "info", event_dict)
+def _redact(event_dict: dict[str, Any]) -> dict[str, Any]:
+    return dict(RedactSecrets()(None, "info", event_dict))
 
 
 class TestScrub:
@@ -262,7 +263,7 @@ class TestJsonPipeline:
         raw = json_logs.getvalue()
         assert SECRET not in raw
         (line,) = _lines(json_logs)
-        (exc,) = line["exception"]  # type: ignore[misc]
+        (exc,) = line["exception"]
         assert exc["exc_type"] == "RuntimeError"
         assert exc["exc_value"] == f"token endpoint rejected {REDACTED}"
         assert exc["frames"]
@@ -280,7 +281,7 @@ class TestJsonPipeline:
             logging.getLogger("aiohttp.client").exception("request failed")
         raw = json_logs.getvalue()
         assert "local-only-value-31337" not in raw
-        for frame in _lines(json_logs)[0]["exception"][0]["frames"]:  # type: ignore[index]
+        for frame in _lines(json_logs)[0]["exception"][0]["frames"]:
             assert not frame.get("locals")
 
     def test_stdlib_exception_text_is_scrubbed(self, json_logs: io.StringIO) -> None:

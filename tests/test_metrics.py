@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
@@ -54,13 +55,14 @@ def _declared() -> list[Declared]:
     for attr, value in vars(metrics).items():
         if not isinstance(value, MetricWrapperBase):
             continue
-        kind = value._type  # type: ignore[attr-defined]
-        base = value._name  # type: ignore[attr-defined]
+        metric: Any = value  # prometheus_client keeps these attributes private and untyped
+        kind: str = metric._type
+        base: str = metric._name
         exposed = {"counter": f"{base}_total", "info": f"{base}_info"}.get(kind, base)
-        labels = tuple(value._labelnames)  # type: ignore[attr-defined]
+        labels = tuple(metric._labelnames)
         if kind == "info":  # an info's labels are the keys of its one sample
-            labels += tuple(k for s in value.collect()[0].samples for k in s.labels)
-        out.append(Declared(attr, exposed, kind, labels, value._documentation))  # type: ignore[attr-defined]
+            labels += tuple(k for s in metric.collect()[0].samples for k in s.labels)
+        out.append(Declared(attr, exposed, kind, labels, metric._documentation))
     return out
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -526,3 +529,33 @@ class TestReaders:
         """A platform body that is not JSON is malformed_event."""
         with pytest.raises(MalformedEvent):
             _decode(b"{not json", ("x-event-source", "zid"))
+
+
+class TestPurity:
+    @pytest.mark.parametrize(
+        "module", ["__init__", "_common", "salla", "zid", "shopify", "signatures"]
+    )
+    def test_no_io_imports(self, module: str) -> None:
+        """Adapters import no asyncio, aiohttp, aiokafka or database driver, and use no float."""
+        tree = ast.parse((ROOT / "worker" / "platforms" / f"{module}.py").read_text("utf-8"))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        forbidden = {"asyncio", "aiohttp", "aiokafka", "asyncpg", "aiosqlite", "sqlite3", "httpx"}
+        assert not imported & forbidden
+        assert "float" not in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+    def test_importing_loads_no_io_library(self) -> None:
+        """A fresh interpreter importing worker.platforms loads none of the I/O libraries."""
+        code = (
+            "import sys, worker.platforms; "
+            "print(sorted(m for m in ('asyncio','aiohttp','aiokafka','asyncpg','aiosqlite')"
+            " if m in sys.modules))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip() == "[]"

@@ -34,9 +34,10 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _records(store: str, orders: int) -> list[DemoRecord]:
-    """Demo records with a store id of this test's own, so ledger rows never collide."""
+    """Demo v1 records with a store id of this test's own, so ledger rows never collide."""
     out = []
-    for r in generate_demo_events(orders=orders, broken_each=1):
+    # Platform-format records are covered by tests/test_platforms*.py.
+    for r in generate_demo_events(orders=orders, broken_each=1, platforms=False):
         value = r.value.replace(b'"store_id": "store-demo"', f'"store_id": "{store}"'.encode())
         assert r.expected.startswith("dlq:") or value != r.value, "store id not replaced"
         out.append(DemoRecord(r.key, value, r.headers, r.expected))
@@ -133,6 +134,10 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
         )
 
+    def tail(self, lines: int = 15) -> str:
+        """The end of the worker's log, for failure messages."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -163,12 +168,15 @@ def workers() -> Any:
             w._out.close()
 
 
-async def _wait_for(cond: Any, *, limit_s: float, what: str) -> None:
+async def _wait_for(
+    cond: Any, *, limit_s: float, what: str, worker: WorkerProcess | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            log = f"\nworker log:\n{worker.tail()}" if worker else ""
+            raise AssertionError(f"timed out waiting for {what}{log}")
         await asyncio.sleep(0.1)
 
 
@@ -251,6 +259,7 @@ class TestCrashAndSignals:
             lambda: sandbox.stats()["invoices"] >= 60,
             limit_s=90,
             what="some invoices before the crash",
+            worker=first,
         )
         first.kill()
         assert sandbox.stats()["invoices"] < sum(1 for r in records if r.expected == "invoice"), (

@@ -34,7 +34,13 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
     """Run the worker until SIGTERM/SIGINT (or idle, when configured); return an exit code."""
     health = HealthState(stall_timeout_s=settings.http.stall_timeout_s)
     loop = asyncio.get_running_loop()
+    stopping = _Stopping()
     async with contextlib.AsyncExitStack() as stack:
+        # Handlers first: a SIGTERM during start-up (group join takes seconds) still ends in
+        # an orderly exit instead of the default kill.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.signal, sig)
+            stack.callback(loop.remove_signal_handler, sig)
         server = await stack.enter_async_context(HealthServer(settings.http, health))
         ledger = await stack.enter_async_context(open_ledger(settings.ledger))
         auth = build_auth(settings)
@@ -43,8 +49,8 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
             AccountingApi(settings.api, auth=auth, max_connections=settings.pipeline.max_in_flight)
         )
         producer = AIOKafkaProducer(**producer_options(settings.kafka))
+        stack.push_async_callback(producer.stop)  # also closes a producer whose start failed
         await producer.start()
-        stack.push_async_callback(producer.stop)
         writer = DeadLetterWriter(producer, settings=settings)
         consumer = AIOKafkaConsumer(**consumer_options(settings.kafka))
         pipeline = Pipeline(
@@ -55,12 +61,10 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
             health=health,
         )
         consumer.subscribe(settings.kafka.topics, listener=pipeline.listener)
-        await consumer.start()
         # Stopping the consumer leaves the group, so partitions move at once on shutdown.
         stack.push_async_callback(consumer.stop)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _on_signal, pipeline, sig)
-            stack.callback(loop.remove_signal_handler, sig)
+        await consumer.start()
+        stopping.pipeline = pipeline
         health.set_started(True)
         health.set_assignment(0, waiting=True)
         log.info(
@@ -72,6 +76,8 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
         )
         if ready is not None:
             ready.set()
+        if stopping.requested:
+            pipeline.stop()
         try:
             await pipeline.run()
         except ConfigurationFault as exc:
@@ -84,6 +90,15 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
     return 0
 
 
-def _on_signal(pipeline: Pipeline, sig: signal.Signals) -> None:
-    log.info("worker.stopping", signal=sig.name)
-    pipeline.stop()
+class _Stopping:
+    """Remembers a stop signal until the pipeline exists, then forwards it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.pipeline: Pipeline | None = None
+
+    def signal(self, sig: signal.Signals) -> None:
+        log.info("worker.stopping", signal=sig.name)
+        self.requested = True
+        if self.pipeline is not None:
+            self.pipeline.stop()

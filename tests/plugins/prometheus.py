@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from worker.broker import free_port
 from tests.plugins.postgres import missing_server
+from worker.broker import free_port
 
 __all__ = ["PrometheusFactory", "PrometheusServer", "QueryError"]
 

@@ -34,7 +34,12 @@ class WorkerProcess:
     """One running (or finished) worker process and the ways to look at it from outside."""
 
     def __init__(
-        self, *, name: str, proc: subprocess.Popen[bytes], port: int, log_path: Path,
+        self,
+        *,
+        name: str,
+        proc: subprocess.Popen[bytes],
+        port: int,
+        log_path: Path,
         http: aiohttp.ClientSession,
     ) -> None:
         self.name = name
@@ -58,10 +63,10 @@ class WorkerProcess:
 
     async def wait(self, timeout_s: float) -> int | None:
         """The exit code, or None if still running after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        return self.proc.returncode
+        try:
+            return await asyncio.to_thread(self.proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     async def terminate(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM (graceful drain and leave); the exit code, or None if it hung (then killed)."""
@@ -88,7 +93,8 @@ class WorkerProcess:
 
     async def metrics(self) -> str:
         answer = await self.get("/metrics")
-        assert answer is not None and answer[0] == 200, f"{self.name}: /metrics did not answer"
+        assert answer is not None, f"{self.name}: /metrics did not answer"
+        assert answer[0] == 200, f"{self.name}: /metrics answered {answer[0]}"
         return answer[1]
 
     def log_text(self) -> str:
@@ -109,7 +115,9 @@ class WorkerProcess:
     def logged(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.log_events() if e.get("event") == event]
 
-    async def wait_logged(self, event: str, timeout_s: float, *, nonempty: str | None = None) -> None:
+    async def wait_logged(
+        self, event: str, timeout_s: float, *, nonempty: str | None = None
+    ) -> None:
         """Wait until a log line with ``event`` appears (and a non-empty ``nonempty`` field).
 
         Raises:

@@ -25,14 +25,16 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from worker.errors import InvalidEvent, MalformedEvent, SettingsError
 from worker.events import MAX_EVENT_BYTES, OrderEvent, parse_event
 from worker.platforms import salla, shopify, zid
 from worker.platforms._common import PlatformOptions, body_digest
 from worker.platforms.signatures import SIGNATURE_HEADERS, verify_signature
-from worker.settings import Settings
+
+if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio); the adapters need neither
+    from worker.settings import Settings
 
 __all__ = [
     "FORMATS",
