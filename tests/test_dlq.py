@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -125,7 +126,8 @@ class TestDeadLetters:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
         env["INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
         env["INVOICE_SYNC_KAFKA__TOPICS"] = f'["{topic}"]'
-        result = subprocess.run(
+        result = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "worker.cli", "dlq", "inspect"],
             env=env,
             cwd=ROOT,

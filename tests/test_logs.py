@@ -333,3 +333,21 @@ class TestReset:
         assert structlog.is_configured() is False
         logging.getLogger("asyncio").error("after reset")
         assert buf.getvalue() == ""
+
+
+class TestSecretRegistry:
+    def test_rotating_tokens_are_bounded_but_configured_secrets_stay(self) -> None:
+        """Old issued tokens fall out of the registry; the client secret never does."""
+        from worker import logs
+
+        logs.forget_secrets()
+        try:
+            logs.register_secret("client-secret-value")
+            tokens = [f"tok-{i:04d}-abcdef" for i in range(100)]
+            for t in tokens:
+                logs.register_secret(t, rotating=True)
+            assert logs.scrub("client-secret-value") == logs.REDACTED
+            assert logs.scrub(tokens[-1]) == logs.REDACTED
+            assert logs.scrub(tokens[0]) == tokens[0]  # expired long ago; shapes catch real ones
+        finally:
+            logs.forget_secrets()

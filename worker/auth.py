@@ -80,6 +80,7 @@ from worker.metrics import (
     TOKEN_FETCHES,
     TOKEN_RENEWALS_401,
 )
+from worker.retry import Backoff
 from worker.settings import ApiSettings, OAuthSettings, Settings
 
 __all__ = [
@@ -640,13 +641,12 @@ class ClientCredentialsProvider(TokenProvider):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full jitter (uniform in [0, min(max, base * 2^(attempt-1))]); a server's
-        Retry-After wins but is capped."""
+        """The project's one backoff policy (:class:`worker.retry.Backoff`): full jitter, and
+        a server's Retry-After as a floor, capped."""
         settings = self._settings
-        if retry_after is not None:
-            return min(retry_after, settings.retry_after_cap_s)
-        ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
-        return self._rng.uniform(0.0, ceiling)
+        return Backoff(
+            settings.backoff_base_s, settings.backoff_max_s, settings.retry_after_cap_s, self._rng
+        ).delay(attempt, retry_after=retry_after)
 
     def _body(self) -> tuple[bytes, str | None]:
         if self.grant == "client_credentials":
@@ -736,10 +736,10 @@ class ClientCredentialsProvider(TokenProvider):
         value = doc.get("access_token")
         if not isinstance(value, str) or not value:
             raise _Transient("no_access_token", status=200)
-        register_secret(value)
+        register_secret(value, rotating=True)
         new_refresh = doc.get("refresh_token")
         if isinstance(new_refresh, str) and new_refresh:
-            register_secret(new_refresh)
+            register_secret(new_refresh, rotating=True)
 
         token_type = doc.get("token_type")
         if token_type is None:

@@ -24,6 +24,7 @@ one event carries them.
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import sys
@@ -88,24 +89,34 @@ _MIN_SECRET_LEN: Final = 6  # shorter values would scrub ordinary words
 # loop, but stdlib loggers may emit from aiokafka's or the default executor's threads.
 # Readers take the compiled pattern without the lock (one reference read).
 _known_lock = threading.Lock()
-_known: set[str] = set()
+_known: set[str] = set()  # configured secrets: client secret, API key, passwords
+# Issued tokens rotate: the newest few are kept (older ones have expired and are also caught
+# by _TOKEN_SHAPES for the shapes we know), so the pattern does not grow for ever.
+_rotating: collections.OrderedDict[str, None] = collections.OrderedDict()
+_MAX_ROTATING: Final = 32
 _known_pattern: re.Pattern[str] | None = None
 
 
-def register_secret(value: str | None) -> None:
+def register_secret(value: str | None, *, rotating: bool = False) -> None:
     """Remember a secret value so it is scrubbed from every future log line.
 
-    Values shorter than six characters are ignored: they would scrub ordinary words.
+    ``rotating`` marks issued tokens: only the newest ``_MAX_ROTATING`` are kept. Values
+    shorter than six characters are ignored: they would scrub ordinary words.
     """
     global _known_pattern
     if not value or len(value) < _MIN_SECRET_LEN:
         return
     with _known_lock:
-        if value in _known:
+        if value in _known or value in _rotating:
             return
-        _known.add(value)
+        if rotating:
+            _rotating[value] = None
+            while len(_rotating) > _MAX_ROTATING:
+                _rotating.popitem(last=False)
+        else:
+            _known.add(value)
         # Longest first, so a secret that contains another is removed whole.
-        ordered = sorted(_known, key=len, reverse=True)
+        ordered = sorted({*_known, *_rotating}, key=len, reverse=True)
         _known_pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
@@ -114,6 +125,7 @@ def forget_secrets() -> None:
     global _known_pattern
     with _known_lock:
         _known.clear()
+        _rotating.clear()
         _known_pattern = None
 
 

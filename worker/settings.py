@@ -63,7 +63,7 @@ _DELIM = "__"
 #: The demo client that ``invoice-sync sandbox`` creates when given none. It is a public,
 #: documented development credential of the embedded sandbox, not a secret of any real system.
 DEMO_CLIENT_ID = "demo-store"
-DEMO_CLIENT_SECRET = "demo-secret-change-me"  # noqa: S105 - documented sandbox credential
+DEMO_CLIENT_SECRET = "demo-secret-change-me"
 
 #: Least privilege for the worker: what it reads and writes, nothing more.
 DEFAULT_SCOPES = (
@@ -97,7 +97,9 @@ class KafkaSettings(_Group):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
     client_id: str = Field("invoice-sync", description="Client id sent to the brokers.")
     group_id: str = Field("invoice-sync", description="Consumer group; replicas share it.")
-    topics: list[str] = Field(["orders"], description="Source topics, a JSON list such as [\"orders\"].")
+    topics: list[str] = Field(
+        ["orders"], description='Source topics, a JSON list such as ["orders"].'
+    )
     dlq_topic: str | None = Field(
         None, description="Dead-letter topic; default is `<source topic>.dlq`."
     )
@@ -189,9 +191,11 @@ class OAuthSettings(_Group):
     auth_method: Literal["client_secret_basic", "client_secret_post"] = Field(
         "client_secret_basic", description="How the client authenticates to the token endpoint."
     )
-    scopes: list[str] = Field(list(DEFAULT_SCOPES), description="Scopes requested (least privilege).")
+    scopes: list[str] = Field(
+        list(DEFAULT_SCOPES), description="Scopes requested (least privilege)."
+    )
     extra_params: dict[str, str] = Field(
-        default_factory=dict, description="Extra token parameters, e.g. {\"audience\": \"...\"}."
+        default_factory=dict, description='Extra token parameters, e.g. {"audience": "..."}.'
     )
     refresh_token: SecretStr | None = Field(
         None, description="Refresh token for linked-account flows (secret; rotated in memory)."
@@ -284,7 +288,7 @@ class PipelineSettings(_Group):
 class HttpServerSettings(_Group):
     """The health and metrics endpoint."""
 
-    host: str = Field("0.0.0.0", description="Listen address of /metrics, /healthz, /readyz.")  # noqa: S104
+    host: str = Field("0.0.0.0", description="Listen address of /metrics, /healthz, /readyz.")
     port: int = Field(9100, ge=0, le=65535, description="Listen port (0 = pick a free one).")
     stall_timeout_s: float = Field(
         120.0, gt=0, description="No progress while lag grows this long = unhealthy."
@@ -426,12 +430,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _groups() -> list[tuple[str, type[BaseModel]]]:
+    """(name, model) of every settings group."""
+    groups = []
+    for group_name, group_field in Settings.model_fields.items():
+        model = group_field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"settings group {group_name} is not a model")
+        groups.append((group_name, model))
+    return groups
+
+
 def _secret_paths() -> dict[str, tuple[str, str]]:
     """Env-style name (lower case) of every secret setting -> (group, field)."""
     out: dict[str, tuple[str, str]] = {}
-    for group_name, group_field in Settings.model_fields.items():
-        model = group_field.annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
+    for group_name, model in _groups():
         for field_name, field in model.model_fields.items():
             if _is_secret(field):
                 out[f"{group_name}{_DELIM}{field_name}"] = (group_name, field_name)
@@ -493,7 +506,9 @@ def load_settings(**overrides: Any) -> Settings:
             problems.append(f"{var}: {err['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
     except json.JSONDecodeError as exc:
-        raise SettingsError(f"invalid configuration: a JSON-valued setting is malformed ({exc.msg})") from None
+        raise SettingsError(
+            f"invalid configuration: a JSON-valued setting is malformed ({exc.msg})"
+        ) from None
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
@@ -504,9 +519,7 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
 def env_var_names() -> dict[str, FieldInfo]:
     """Every environment variable the settings model reads, with its field (for the docs)."""
     names: dict[str, FieldInfo] = {}
-    for group_name, group_field in Settings.model_fields.items():
-        model = group_field.annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
+    for group_name, model in _groups():
         for field_name, field in model.model_fields.items():
             names[f"{ENV_PREFIX}{group_name.upper()}{_DELIM}{field_name.upper()}"] = field
     return names
