@@ -467,3 +467,29 @@ class TestShutdown:
         running.pipeline.stop()
         await asyncio.wait_for(running.task, 30)
         assert (await running.committed(topic, 1))[0] == 1
+
+    async def test_stop_does_not_start_events_waiting_for_a_slot(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
+    ) -> None:
+        """Distinct keys queued behind max_in_flight do not start once a stop is requested."""
+        topic = await topic_factory("slots", partitions=1)
+        await _produce(kafka_bootstrap, topic, [(f"k{i}".encode(), b"v") for i in range(20)])
+        running_now = asyncio.Event()
+        release = asyncio.Event()
+
+        async def script(record: Record) -> None:
+            if record.offset < 2:
+                if record.offset == 1:
+                    running_now.set()
+                await release.wait()
+
+        handler = ScriptedHandler(script)
+        settings = _settings(kafka_bootstrap, topic, max_in_flight=2, shutdown_timeout_s=5.0)
+        running = await run_pipeline(settings, handler, Dlq())
+        await asyncio.wait_for(running_now.wait(), 30)
+        running.pipeline.stop()
+        await asyncio.sleep(0.1)
+        release.set()
+        await asyncio.wait_for(running.task, 30)
+        assert sorted(o for _, o in handler.done) == [0, 1]
+        assert (await running.committed(topic, 1))[0] == 2

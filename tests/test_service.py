@@ -4,10 +4,6 @@ once, dead letters with original bytes, a crash mid-stream, and SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.plugins.kafka import TopicFactory
-from worker.broker import free_port
+from tests.plugins.worker_process import WorkerFactory, WorkerProcess
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import read_dead_letters
 from worker.sandbox import DEMO_CLIENT_SECRET, FaultRule, Faults, Sandbox
@@ -100,77 +96,25 @@ def _settings(bootstrap: str, topic: str, api: str, ledger: str, **pipeline: Any
     )
 
 
-def _env(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
-    env.update(
-        {
-            "INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "INVOICE_SYNC_KAFKA__TOPICS": f'["{settings.kafka.topics[0]}"]',
-            "INVOICE_SYNC_KAFKA__GROUP_ID": settings.kafka.group_id,
-            "INVOICE_SYNC_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "INVOICE_SYNC_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-            "INVOICE_SYNC_API__BASE_URL": settings.api.base_url,
-            "INVOICE_SYNC_OAUTH__TOKEN_URL": settings.oauth.token_url,
-            "INVOICE_SYNC_LEDGER__URL": settings.ledger.url,
-            "INVOICE_SYNC_HTTP__HOST": "127.0.0.1",
-            "INVOICE_SYNC_HTTP__PORT": str(free_port()),
-            "INVOICE_SYNC_PIPELINE__COMMIT_INTERVAL_S": "0.2",
-        }
-    )
-    return env
-
-
-class WorkerProcess:
-    """``invoice-sync run`` as a child process with its log in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = open(log, "ab")  # noqa: SIM115 - closed in wait()/kill()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"],
-            env=env,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def tail(self, lines: int = 15) -> str:
-        """The end of the worker's log, for failure messages."""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._out.close()
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        self._out.close()
-        return code
-
-
-@pytest.fixture
-def workers() -> Any:
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str], log: Path) -> WorkerProcess:
-        w = WorkerProcess(env, log)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        if w.proc.poll() is None:
-            w.kill()
-        elif not w._out.closed:
-            w._out.close()
+def _env(settings: Settings) -> dict[str, str]:
+    """The worker subprocess's configuration (the factory adds the HTTP port)."""
+    return {
+        "INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "INVOICE_SYNC_KAFKA__TOPICS": f'["{settings.kafka.topics[0]}"]',
+        "INVOICE_SYNC_KAFKA__GROUP_ID": settings.kafka.group_id,
+        "INVOICE_SYNC_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "INVOICE_SYNC_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+        "INVOICE_SYNC_API__BASE_URL": settings.api.base_url,
+        "INVOICE_SYNC_OAUTH__TOKEN_URL": settings.oauth.token_url,
+        "INVOICE_SYNC_LEDGER__URL": settings.ledger.url,
+        "INVOICE_SYNC_PIPELINE__COMMIT_INTERVAL_S": "0.2",
+    }
 
 
 async def _wait_for(
     cond: Any, *, limit_s: float, what: str, worker: WorkerProcess | None = None
 ) -> None:
+    """Wait on a condition; the bound only turns a hang into a failure with the worker log."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():
@@ -243,8 +187,7 @@ class TestCrashAndSignals:
         topic_factory: TopicFactory,
         sandbox: Sandbox,
         ledger_url: str,
-        tmp_path: Path,
-        workers: Any,
+        worker_factory: WorkerFactory,
     ) -> None:
         """Killed without shutdown mid-stream and restarted: every reference once, none missing."""
         topic = await topic_factory("crash", partitions=3)
@@ -253,8 +196,8 @@ class TestCrashAndSignals:
         await _publish(kafka_bootstrap, topic, records)
         sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=5),)))
         settings = _settings(kafka_bootstrap, topic, sandbox.url, ledger_url)
-        env = _env(settings, tmp_path)
-        first = workers(env, tmp_path / "worker-1.log")
+        env = _env(settings)
+        first = worker_factory(env, name="first")
         await _wait_for(
             lambda: sandbox.stats()["invoices"] >= 60,
             limit_s=90,
@@ -266,13 +209,13 @@ class TestCrashAndSignals:
             "crash came too late to matter"
         )
         sandbox.set_faults(Faults())
-        second = workers(env, tmp_path / "worker-2.log")
+        second = worker_factory(env, name="second")
         await _wait_for(
             lambda: sum(Counter(sandbox.stats()["references"]).values()) >= sum(expected.values()),
             limit_s=120,
             what="all documents after the restart",
         )
-        assert second.terminate() == 0
+        assert await second.terminate() == 0
         stats = sandbox.stats()
         assert Counter(stats["references"]) == expected
         assert stats["duplicate_references"] == 0
@@ -283,7 +226,7 @@ class TestCrashAndSignals:
         topic_factory: TopicFactory,
         sandbox: Sandbox,
         tmp_path: Path,
-        workers: Any,
+        worker_factory: WorkerFactory,
     ) -> None:
         """SIGTERM exits 0 and every event below the committed offsets has its document."""
         import json
@@ -291,15 +234,15 @@ class TestCrashAndSignals:
         topic = await topic_factory("term", partitions=2)
         records = [r for r in _records(f"store-{topic}", orders=200) if r.expected == "invoice"]
         await _publish(kafka_bootstrap, topic, records)
-        sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=30),)))
+        # Slow API, few in flight: SIGTERM lands with work running and work still queued.
+        sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=100),)))
         settings = _settings(kafka_bootstrap, topic, sandbox.url, f"sqlite:///{tmp_path}/ledger.db")
-        worker = workers(_env(settings, tmp_path), tmp_path / "worker.log")
+        worker = worker_factory(_env(settings) | {"INVOICE_SYNC_PIPELINE__MAX_IN_FLIGHT": "4"})
         await _wait_for(
             lambda: sandbox.stats()["invoices"] >= 30, limit_s=90, what="work in flight"
         )
-        assert worker.terminate() == 0
-        log = worker.log.read_text()
-        assert '"event": "worker.stopped"' in log
+        assert await worker.terminate() == 0
+        assert worker.logged("worker.stopped")
         created = set(sandbox.stats()["references"])
         assert len(created) < len(records), "SIGTERM came after everything was done"
         consumer = AIOKafkaConsumer(

@@ -288,13 +288,17 @@ class Pipeline:
         try:
             while chain and not self._draining:
                 item = chain[0]
-                if item.tracker.accepting:
-                    item.tracker.running += 1
-                    try:
-                        async with self._sem:
+                async with self._sem:
+                    # Checked again once a slot is free: a drain or a revocation may have
+                    # begun while this event waited, and then it must not start.
+                    if self._draining:
+                        break
+                    if item.tracker.accepting:
+                        item.tracker.running += 1
+                        try:
                             await self._process(item)
-                    finally:
-                        item.tracker.running -= 1
+                        finally:
+                            item.tracker.running -= 1
                 chain.popleft()
                 self._release(item)
         finally:
