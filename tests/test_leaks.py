@@ -1,0 +1,86 @@
+"""No secret in any log line or metric: a full pipeline run with every logger at DEBUG."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+
+from aiokafka import AIOKafkaProducer
+
+from tests.plugins.kafka import TopicFactory
+from tests.plugins.worker_process import WorkerFactory
+from worker.demo_data import generate_demo_events
+from worker.sandbox import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Sandbox, SandboxConfig
+
+_TOKEN_SHAPE = re.compile(r"sbx_(?:at|rt)_[A-Za-z0-9_\-]{8,}")
+
+
+class TestNoLeaks:
+    async def test_debug_logs_and_metrics_carry_no_secret(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox_factory: object,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """Short-lived tokens, a forced 401 renewal, DEBUG everywhere: zero secrets leak."""
+        sbx: Sandbox = await sandbox_factory(SandboxConfig(token_lifetime=3.0))  # type: ignore[operator]
+        topic = await topic_factory("leak", partitions=2)
+        records = generate_demo_events(orders=80, broken_each=1, platforms=False)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for r in records:
+                await producer.send(topic, r.value, key=r.key, headers=r.headers)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        wanted = sum(1 for r in records if r.expected in ("invoice", "credit_note"))
+        worker = worker_factory(
+            {
+                "INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "INVOICE_SYNC_KAFKA__TOPICS": f'["{topic}"]',
+                "INVOICE_SYNC_KAFKA__GROUP_ID": f"g-{topic}",
+                "INVOICE_SYNC_API__BASE_URL": sbx.url,
+                "INVOICE_SYNC_OAUTH__TOKEN_URL": f"{sbx.url}/oauth/token",
+                "INVOICE_SYNC_OAUTH__REVOKE_URL": f"{sbx.url}/oauth/revoke",
+                "INVOICE_SYNC_OAUTH__REVOKE_ON_SHUTDOWN": "true",
+                "INVOICE_SYNC_LEDGER__URL": "sqlite:///ledger.db",
+                "INVOICE_SYNC_LOGGING__LEVEL": "DEBUG",
+            }
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        revoked = False
+        while sbx.stats()["invoices"] + sbx.stats()["credit_notes"] < wanted:
+            assert loop.time() < deadline, worker.tail()
+            if not revoked and sbx.stats()["invoices"] >= 20:
+                sbx.revoke_all()  # the next requests get 401 and renew
+                revoked = True
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3.5)  # one more token lifetime: a background refresh happens
+        metrics = await worker.metrics()
+        assert await worker.terminate() == 0
+        log = worker.log_text()
+
+        # The run exercised what could leak: several token fetches, a 401 renewal, and
+        # DEBUG output from our code and from the libraries.
+        assert sbx.stats()["token_requests"].get("client_credentials", 0) >= 2
+        assert "invoice_sync_token_renewals_after_401_total 1.0" in metrics or re.search(
+            r"invoice_sync_token_renewals_after_401_total [1-9]", metrics
+        )
+        levels = {(e.get("logger", ""), e.get("level")) for e in worker.log_events()}
+        assert any(lg.startswith("aiokafka") and lv == "debug" for lg, lv in levels)
+        assert any(lg.startswith("worker") and lv == "debug" for lg, lv in levels)
+
+        secrets = set(sbx.issued_secrets()) | {DEMO_CLIENT_SECRET}
+        basic = base64.b64encode(f"{DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET}".encode()).decode()
+        secrets.add(basic)
+        assert len(secrets) > 3
+        for text, where in ((log, "worker log"), (metrics, "/metrics")):
+            # Name a hit by a hash, so the failure message itself leaks nothing.
+            hits = sorted(hashlib.sha256(s.encode()).hexdigest()[:8] for s in secrets if s in text)
+            assert hits == [], f"secrets found in {where} (sha256 prefixes): {hits}"
+            assert _TOKEN_SHAPE.search(text) is None, f"token-shaped value in {where}"
