@@ -14,7 +14,7 @@ import signal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.api import AccountingApi
-from worker.auth import build_auth
+from worker.auth import Auth, build_auth
 from worker.dlq import DeadLetterWriter
 from worker.errors import ConfigurationFault, InvoiceSyncError
 from worker.health import HealthServer, HealthState
@@ -28,6 +28,8 @@ from worker.settings import Settings
 __all__ = ["run_service"]
 
 log = get_logger(__name__)
+
+_WATCH_INTERVAL_S = 1.0
 
 
 async def run_service(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
@@ -48,6 +50,8 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
         api = await stack.enter_async_context(
             AccountingApi(settings.api, auth=auth, max_connections=settings.pipeline.max_in_flight)
         )
+        watcher = asyncio.create_task(_watch_credentials(auth, health), name="auth-watch")
+        stack.push_async_callback(_cancel, watcher)
         producer = AIOKafkaProducer(**producer_options(settings.kafka))
         stack.push_async_callback(producer.stop)  # also closes a producer whose start failed
         await producer.start()
@@ -88,6 +92,26 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
             return 1
     log.info("worker.stopped")
     return 0
+
+
+async def _watch_credentials(auth: Auth, health: HealthState) -> None:
+    """Readiness follows the credential even when no event is flowing to notice a fault."""
+    reported = False  # whether the fault on /readyz is the one this watcher set
+    while True:
+        health.set_token_obtainable(auth.token_obtainable)
+        if auth.fault is not None:
+            health.set_config_fault(auth.fault.reason)
+            reported = True
+        elif reported:
+            health.set_config_fault(None)
+            reported = False
+        await asyncio.sleep(_WATCH_INTERVAL_S)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class _Stopping:
