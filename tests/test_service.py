@@ -285,3 +285,32 @@ class TestCrashAndSignals:
 def test_demo_client_secret_is_the_default() -> None:
     """The default settings talk to the sandbox's documented demo client."""
     assert Settings().oauth.client_secret.get_secret_value() == DEMO_CLIENT_SECRET
+
+
+class TestReadiness:
+    async def test_wrong_client_secret_shows_on_readyz_before_any_event(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """invalid_client is a configuration fault on /readyz (503), with no event needed."""
+        topic = await topic_factory("ready", partitions=1)
+        settings = _settings(kafka_bootstrap, topic, sandbox.url, "sqlite:///ledger.db")
+        env = _env(settings) | {"INVOICE_SYNC_OAUTH__CLIENT_SECRET": "wrong-secret-value"}
+        worker = worker_factory(env)
+        answer = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while loop.time() < deadline:
+            answer = await worker.get("/readyz")
+            if answer is not None and "configuration_fault" in answer[1]:
+                break
+            await asyncio.sleep(0.2)
+        assert answer is not None, worker.tail()
+        assert answer[0] == 503
+        assert "auth_configuration" in answer[1]
+        assert "wrong-secret-value" not in answer[1] + worker.log_text()
+        assert sandbox.stats()["token_errors"].get("invalid_client", 0) >= 1
+        assert await worker.terminate() == 0

@@ -14,7 +14,7 @@ import signal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.api import AccountingApi
-from worker.auth import Auth, build_auth
+from worker.auth import Auth, BearerAuth, build_auth
 from worker.dlq import DeadLetterWriter
 from worker.errors import ConfigurationFault, InvoiceSyncError
 from worker.health import HealthServer, HealthState
@@ -97,6 +97,10 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
 async def _watch_credentials(auth: Auth, health: HealthState) -> None:
     """Readiness follows the credential even when no event is flowing to notice a fault."""
     reported = False  # whether the fault on /readyz is the one this watcher set
+    if isinstance(auth, BearerAuth):
+        # Fetch the first token now: bad credentials show on /readyz before any event.
+        with contextlib.suppress(InvoiceSyncError):
+            await auth.provider.token()
     while True:
         health.set_token_obtainable(auth.token_obtainable)
         if auth.fault is not None:
