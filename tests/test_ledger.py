@@ -112,3 +112,39 @@ class TestLifecycle:
         async with open_ledger(LedgerSettings(url=url)) as led:
             claim = await led.claim(KEY, idempotency_key="k", reference="r", event_id="e1")
             assert claim.status is ClaimStatus.RESUME
+
+
+class TestConcurrency:
+    async def test_concurrent_claims_of_one_key_give_one_new(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """Fifty simultaneous claims of one key: exactly one NEW, the rest RESUME."""
+        import asyncio
+
+        key = _key(request)
+        claims = await asyncio.gather(
+            *(
+                ledger.claim(key, idempotency_key="k", reference="r", event_id=f"e{i}")
+                for i in range(50)
+            )
+        )
+        statuses = [c.status for c in claims]
+        assert statuses.count(ClaimStatus.NEW) == 1
+        assert statuses.count(ClaimStatus.RESUME) == 49
+
+    async def test_many_keys_at_once_each_complete(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """Two hundred keys claimed and completed concurrently all end up done."""
+        import asyncio
+
+        keys = [_key(request, sub=str(i)) for i in range(200)]
+
+        async def one(k: LedgerKey) -> None:
+            await ledger.claim(k, idempotency_key="k", reference="r", event_id="e")
+            await ledger.complete(k, document_id=k.sub_id, payload=None)
+
+        await asyncio.gather(*(one(k) for k in keys))
+        entries = await asyncio.gather(*(ledger.get(k) for k in keys))
+        assert [e.document_id for e in entries if e is not None] == [k.sub_id for k in keys]
+        assert all(e is not None and e.state == "done" for e in entries)
