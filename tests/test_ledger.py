@@ -148,3 +148,25 @@ class TestConcurrency:
         entries = await asyncio.gather(*(ledger.get(k) for k in keys))
         assert [e.document_id for e in entries if e is not None] == [k.sub_id for k in keys]
         assert all(e is not None and e.state == "done" for e in entries)
+
+
+class TestUnavailable:
+    async def test_locked_sqlite_is_ledger_unavailable(self, tmp_path: Path) -> None:
+        """Another process holding the write lock past the timeout is LedgerUnavailable."""
+        import sqlite3
+
+        from worker.errors import LedgerUnavailable
+
+        path = tmp_path / "l.db"
+        async with open_ledger(LedgerSettings(url=f"sqlite:///{path}", timeout_s=0.2)) as led:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock
+            try:
+                with pytest.raises(LedgerUnavailable) as info:
+                    await led.claim(KEY, idempotency_key="k", reference="r", event_id="e")
+                assert info.value.retriable
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            claim = await led.claim(KEY, idempotency_key="k", reference="r", event_id="e")
+            assert claim.status is ClaimStatus.NEW

@@ -25,7 +25,8 @@ figures only::
      │    ├── RateLimited              rate_limited          429, carries retry_after
      │    ├── ApiTimeout               timeout
      │    ├── ConnectionFailed         connection_error
-     │    └── TokenUnavailable         token_unavailable     token endpoint down
+     │    ├── TokenUnavailable         token_unavailable     token endpoint down
+     │    └── LedgerUnavailable        ledger_unavailable    database locked, down or slow
      ├── ConfigurationFault           (retriable=True, but slowly: pause consumption)
      │    ├── AuthConfigurationFault   auth_configuration    invalid_client, invalid_scope, ...
      │    └── InsufficientScope        insufficient_scope    403 from the API
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidBuyerVat",
     "InvalidEvent",
     "InvoiceSyncError",
+    "LedgerUnavailable",
     "MalformedEvent",
     "MissingBuyerId",
     "MissingExemptionReason",
@@ -175,6 +177,12 @@ class ApiTimeout(TransientError):
 
 class ConnectionFailed(TransientError):
     reason = "connection_error"
+
+
+class LedgerUnavailable(TransientError):
+    """The idempotency ledger cannot be reached or is locked: not the event's fault."""
+
+    reason = "ledger_unavailable"
 
 
 class TokenUnavailable(TransientError):

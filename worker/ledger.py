@@ -25,9 +25,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from worker.errors import LedgerUnavailable
 from worker.metrics import LEDGER_LATENCY
 from worker.settings import LedgerSettings
 
@@ -404,7 +407,7 @@ class SqliteLedger(Ledger):
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
         self._thread.shutdown(wait=True)
 
-    async def _submit(self, kind: str, sql: str, args: tuple[Any, ...]) -> Any:
+    async def _enqueue(self, kind: str, sql: str, args: tuple[Any, ...]) -> Any:
         if self._db is None:
             raise RuntimeError("ledger not started")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -475,6 +478,14 @@ class SqliteLedger(Ledger):
         rows: list[tuple[Any, ...]] = await self._submit("fetchall", sql, args)
         return rows
 
+    async def _submit(self, kind: str, sql: str, args: tuple[Any, ...]) -> Any:
+        try:
+            return await self._enqueue(kind, sql, args)
+        except sqlite3.OperationalError as exc:
+            # Locked by another process past the busy timeout, disk full, I/O error: the
+            # pipeline pauses and retries without spending the event's attempts.
+            raise LedgerUnavailable(f"sqlite ledger: {exc}") from None
+
 
 @dataclass(slots=True)
 class _Statement:
@@ -536,19 +547,39 @@ class PostgresLedger(Ledger):
         return self._pool
 
     async def _execute(self, sql: str, *args: Any) -> None:
-        await self._p.execute(self._sql(sql), *args)
+        async with _postgres_errors():
+            await self._p.execute(self._sql(sql), *args)
 
     async def _insert(self, sql: str, *args: Any) -> bool:
-        status = await self._p.execute(self._sql(sql), *args)
+        async with _postgres_errors():
+            status = await self._p.execute(self._sql(sql), *args)
         return str(status).endswith(" 1")
 
     async def _fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        row = await self._p.fetchrow(self._sql(sql), *args)
+        async with _postgres_errors():
+            row = await self._p.fetchrow(self._sql(sql), *args)
         return tuple(row) if row is not None else None
 
     async def _fetchall(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        rows = await self._p.fetch(self._sql(sql), *args)
+        async with _postgres_errors():
+            rows = await self._p.fetch(self._sql(sql), *args)
         return [tuple(r) for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def _postgres_errors() -> AsyncIterator[None]:
+    """Connection loss, timeouts and server-side outages become LedgerUnavailable."""
+    try:
+        yield
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+    ) as exc:
+        raise LedgerUnavailable(f"postgres ledger: {type(exc).__name__}") from None
 
 
 def open_ledger(settings: LedgerSettings) -> Ledger:

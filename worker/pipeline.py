@@ -40,6 +40,7 @@ from structlog.contextvars import bound_contextvars
 from worker.errors import (
     ConfigurationFault,
     InvoiceSyncError,
+    LedgerUnavailable,
     PermanentEventError,
     TokenUnavailable,
     TransientError,
@@ -332,10 +333,12 @@ class Pipeline:
             topic=record.topic, partition=record.partition, offset=record.offset, order_id=order
         ):
             while True:
+                if (attempt or fault_attempt) and not item.tracker.active:
+                    return  # revoked while retrying: the new owner reads it again
                 attempt += 1
                 try:
                     result = await self._handler.handle(record)
-                except (ConfigurationFault, TokenUnavailable) as exc:
+                except (ConfigurationFault, TokenUnavailable, LedgerUnavailable) as exc:
                     # Not the event's fault: wait for the configuration or the token
                     # endpoint to work again; the event's attempts are not spent.
                     attempt -= 1
@@ -415,6 +418,10 @@ class Pipeline:
         self, item: _Item, exc: InvoiceSyncError, attempts: int, first_failure: float
     ) -> None:
         record = item.record
+        if not item.tracker.active:
+            # The partition moved while this event was abandoned: its new owner decides.
+            log.info("event.dropped_after_revocation", reason=exc.reason)
+            return
         write_attempt = 0
         while True:
             try:

@@ -127,6 +127,12 @@ class KafkaSettings(_Group):
         600_000, ge=10_000, description="Longest gap between polls before the group evicts us."
     )
     fetch_max_records: int = Field(500, ge=1, description="Records taken per poll at most.")
+    fetch_max_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=5000,
+        description="Longest a fetch waits for new records; bounds the latency of a quiet topic.",
+    )
     enable_idempotence: bool = Field(
         False, description="Idempotent DLQ producer (turn on for real Kafka; Tansu lacks it)."
     )
