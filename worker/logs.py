@@ -232,6 +232,11 @@ def configure_logging(
         ValueError: for a format other than ``json`` or ``console``.
     """
     global _handler
+    # No output field uses the caller's file, thread or process: skip the per-record lookups.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     tail = _tail(fmt)
     shared = _shared_processors()
     structlog.configure(
