@@ -522,6 +522,9 @@ def _price_order(order: Order, options: MappingOptions) -> _Priced:
         prices_include_tax=inclusive,
         order_discounts=[Adjustment(amount, key) for key, amount in adjustments.items()],
     )
+    if not adjustments:
+        # No order discount was spread: the lines as sent are the lines computed.
+        return _Priced(tuple(lines), len(order.lines), expected, expected)
     sent = compute_document(
         [line.line_input() for line in lines], currency=cur, prices_include_tax=inclusive
     )
