@@ -282,8 +282,8 @@ class TestHealthServer:
         """Stopping twice is harmless."""
         srv = HealthServer(HttpServerSettings(host="127.0.0.1", port=0), state)
         await srv.start()
-        await srv.stop()
-        await srv.stop()
+        await srv.close()
+        await srv.close()
 
 
 class TestCheckHealth:
@@ -318,7 +318,7 @@ class TestCheckHealth:
         srv = HealthServer(HttpServerSettings(host="127.0.0.1", port=0), state)
         await srv.start()
         port = srv.port
-        await srv.stop()
+        await srv.close()
         assert await check_health(Settings(), url=f"http://127.0.0.1:{port}/healthz") == 1
         assert "unreachable" in capsys.readouterr().out
 

@@ -30,8 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -50,6 +49,7 @@ from worker.errors import (
     RateLimited,
     for_status,
 )
+from worker.lifecycle import Lifecycle
 from worker.logs import get_logger, scrub
 from worker.metrics import API_LATENCY, API_REQUESTS, status_class
 from worker.settings import ApiSettings
@@ -70,7 +70,7 @@ _INVOICE = "/2.0/invoices/{id}"
 _CREDIT_NOTES = "/2.0/credit_notes"
 
 
-class AccountingApi:
+class AccountingApi(Lifecycle):
     """Async client of the accounting API; an async context manager owning its session.
 
     ``auth`` is started and closed by its owner (compose both in one ``AsyncExitStack``).
@@ -134,18 +134,6 @@ class AccountingApi:
         session, self._session = self._session, None
         if self._own_session and session is not None:
             await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- customers and products --------------------------------------------------------------
 

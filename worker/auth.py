@@ -46,7 +46,6 @@ import base64
 import contextlib
 import copy
 import enum
-import ipaddress
 import json
 import math
 import random
@@ -58,9 +57,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from types import TracebackType
-from typing import Any, Literal, Self
-from urllib.parse import quote_plus, urlencode, urlsplit
+from typing import Any, Literal
+from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 
@@ -72,6 +70,7 @@ from worker.errors import (
     SettingsError,
     TokenUnavailable,
 )
+from worker.lifecycle import Lifecycle
 from worker.logs import get_logger, register_secret, scrub
 from worker.metrics import (
     RETRIES,
@@ -81,7 +80,7 @@ from worker.metrics import (
     TOKEN_RENEWALS_401,
 )
 from worker.retry import Backoff
-from worker.settings import ApiSettings, OAuthSettings, Settings
+from worker.settings import ApiSettings, OAuthSettings, Settings, url_security_problem
 
 __all__ = [
     "ApiKeyAuth",
@@ -129,32 +128,15 @@ _CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_\-]*)\s*=\s*(?:"((?:[^"\\]|
 def require_secure_url(name: str, url: str, *, allow_insecure: bool) -> None:
     """Refuse a URL that would send credentials in clear text.
 
-    ``https://`` always passes; ``http://`` only to a loopback host or with
-    ``allow_insecure``. Settings validate this already; constructors check again so direct
-    construction (``model_construct``, hand-built objects) is just as safe.
+    Settings validate this already; constructors check again so direct construction
+    (``model_construct``, hand-built objects) is just as safe.
 
     Raises:
         SettingsError: naming the setting and the rule, never a credential.
     """
-    parts = urlsplit(url)
-    host = parts.hostname
-    if parts.scheme not in {"http", "https"} or not host:
-        raise SettingsError(f"{name} must be an absolute http(s) URL")
-    if parts.scheme == "https" or allow_insecure or _is_loopback(host):
-        return
-    raise SettingsError(
-        f"{name} must use https:// (http is allowed only for loopback hosts or with "
-        "allow_insecure_http=true)"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    problem = url_security_problem(name, url, allow_insecure=allow_insecure)
+    if problem:
+        raise SettingsError(problem)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -251,7 +233,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class TokenProvider(ABC):
+class TokenProvider(Lifecycle, ABC):
     """Hands out access tokens, shared by every task of the process.
 
     Contract (as ``aiokafka.abc.AbstractTokenProvider``): :meth:`token` is cheap when the
@@ -306,27 +288,15 @@ class TokenProvider(ABC):
         self._state = _State.CLOSED
         await self._shutdown()
 
-    async def _open(self) -> None:  # noqa: B027 - optional hook
+    async def _open(self) -> None:
         pass
 
-    async def _shutdown(self) -> None:  # noqa: B027 - optional hook
+    async def _shutdown(self) -> None:
         pass
 
     def _check_running(self) -> None:
         if self._state is not _State.RUNNING:
             raise RuntimeError(f"{type(self).__name__} is {self._state.value}, not running")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is _State.RUNNING:
@@ -898,7 +868,7 @@ class Response:
         return json.loads(self.body)
 
 
-class Auth(ABC):
+class Auth(Lifecycle, ABC):
     """Attach a credential, send, and deal with "credential expired" answers.
 
     :meth:`send` returns every response except the ones it handles itself. It lets aiohttp
@@ -934,23 +904,11 @@ class Auth(ABC):
     def token_obtainable(self) -> bool:
         """Whether requests can currently be authenticated (readiness)."""
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Start the credential's background work (token renewal)."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Stop it; idempotent."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @staticmethod
     async def _send_once(

@@ -25,7 +25,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Final
 
 import aiohttp
@@ -34,6 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from worker import metrics
+from worker.lifecycle import Lifecycle
 from worker.settings import HttpServerSettings, Settings
 
 __all__ = ["CONFIG_FAULT_REASONS", "HealthServer", "HealthState", "check_health"]
@@ -170,7 +170,7 @@ class _ServerState(enum.Enum):
     CLOSED = 3
 
 
-class HealthServer:
+class HealthServer(Lifecycle):
     """The aiohttp app on ``settings.host:settings.port``; an async context manager.
 
     ``port`` is the port actually bound, which matters when ``settings.port`` is 0. Starting
@@ -214,29 +214,17 @@ class HealthServer:
             site = web.TCPSite(runner, self._settings.host, self._settings.port)
             await site.start()
         except BaseException:
-            await self.stop()
+            await self.close()
             raise
         address = runner.addresses[0]
         self.port = int(address[1])
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Stop serving; safe to call more than once."""
         self._lifecycle = _ServerState.CLOSED
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> HealthServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

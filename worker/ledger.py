@@ -33,12 +33,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from worker.errors import LedgerUnavailable
+from worker.lifecycle import Lifecycle
 from worker.metrics import LEDGER_LATENCY
 from worker.settings import LedgerSettings
 
@@ -146,18 +147,11 @@ class _Timer:
         LEDGER_LATENCY.labels(self._op).observe(time.perf_counter() - self._t0)
 
 
-class Ledger(abc.ABC):
+class Ledger(Lifecycle, abc.ABC):
     """Common behaviour; backends implement the five primitive statements."""
 
     _started = False
     _closed = False
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Open the connection(s) and create or migrate the schema.

@@ -55,6 +55,7 @@ __all__ = [
     "env_var_names",
     "load_settings",
     "masked_dump",
+    "url_security_problem",
 ]
 
 ENV_PREFIX = "INVOICE_SYNC_"
@@ -415,16 +416,27 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _SecretFilesSource(settings_cls))
 
 
-def _require_https(name: str, url: str, *, allow_insecure: bool) -> None:
+def url_security_problem(name: str, url: str, *, allow_insecure: bool) -> str | None:
+    """Why ``url`` may not carry credentials, or None when it may.
+
+    ``https://`` always passes; ``http://`` only to a loopback host or with
+    ``allow_insecure``. Settings validation and the auth constructors share this rule.
+    """
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"{name} must be an absolute http(s) URL")
+        return f"{name} must be an absolute http(s) URL"
     if parts.scheme == "https" or allow_insecure or _is_loopback(parts.hostname):
-        return
-    raise ValueError(
+        return None
+    return (
         f"{name} must use https:// (http is allowed only for loopback hosts or with "
         "allow_insecure_http=true)"
     )
+
+
+def _require_https(name: str, url: str, *, allow_insecure: bool) -> None:
+    problem = url_security_problem(name, url, allow_insecure=allow_insecure)
+    if problem:
+        raise ValueError(problem)
 
 
 def _is_loopback(host: str) -> bool:
