@@ -7,10 +7,9 @@ import base64
 import hashlib
 import re
 
-from aiokafka import AIOKafkaProducer
-
 from tests.plugins.kafka import TopicFactory
 from tests.plugins.worker_process import WorkerFactory
+from worker.broker import publish_records
 from worker.demo_data import generate_demo_events
 from worker.sandbox import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Sandbox, SandboxConfig
 
@@ -29,14 +28,7 @@ class TestNoLeaks:
         sbx: Sandbox = await sandbox_factory(SandboxConfig(token_lifetime=3.0))  # type: ignore[operator]
         topic = await topic_factory("leak", partitions=2)
         records = generate_demo_events(orders=80, broken_each=1, platforms=False)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-        await producer.start()
-        try:
-            for r in records:
-                await producer.send(topic, r.value, key=r.key, headers=r.headers)
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await publish_records(kafka_bootstrap, topic, records)
         wanted = sum(1 for r in records if r.expected in ("invoice", "credit_note"))
         worker = worker_factory(
             {

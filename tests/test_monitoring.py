@@ -19,14 +19,13 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from tests.plugins.kafka import TopicFactory
 from tests.plugins.prometheus import PrometheusClient, PrometheusFactory
 from worker import metrics
-from worker.broker import free_port
-from worker.demo_data import DemoRecord, generate_demo_events
+from worker.broker import free_port, publish_records
+from worker.demo_data import generate_demo_events
 from worker.errors import DLQ_REASONS
 from worker.sandbox import Sandbox
 
@@ -294,17 +293,6 @@ def worker_process_factory(tmp_path: Path) -> Iterator[Any]:
         worker.stop()
 
 
-async def _publish(bootstrap: str, topic: str, records: list[DemoRecord]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for r in records:
-            await producer.send(topic, r.value, key=r.key, headers=r.headers)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 #: Dashboard queries that are empty while nothing of their kind happens (they filter on
 #: ``> 0`` of a failure counter); they still have to parse and evaluate.
 _EMPTY_WITHOUT_FAULTS = ("invoice_sync_retries_total", 'outcome!="success"')
@@ -338,7 +326,7 @@ async def scraped_worker(
     try:
         await prom.wait_for('invoice_sync_ready{job="invoice-sync"} == 1', what="worker ready")
         records = generate_demo_events(orders=12, broken_each=1, platforms=False)
-        await _publish(kafka_bootstrap, topic, records)
+        await publish_records(kafka_bootstrap, topic, records)
         await prom.wait_for(
             f"sum(invoice_sync_events_consumed_total) >= {len(records)}",
             what=f"{len(records)} events consumed",

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from tests.plugins.kafka import TopicFactory
+from worker.broker import publish_records
 from worker.demo_data import (
     DEMO_WEBHOOK_SECRETS,
     DemoRecord,
@@ -57,17 +57,6 @@ def _settings(bootstrap: str, topic: str, api: str, ledger: str) -> Settings:
     )
 
 
-async def _publish(bootstrap: str, topic: str, records: list[DemoRecord]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for r in records:
-            await producer.send(topic, r.value, key=r.key, headers=r.headers)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 def _mixed_records() -> tuple[list[DemoRecord], list[DemoRecord]]:
     """(records to publish, the ones that must be dead-lettered)."""
     v1 = generate_demo_events(orders=12, broken_each=0, platforms=False)
@@ -107,7 +96,7 @@ class TestMixedTopic:
         """Each paid order is invoiced once, each cancel/refund credited once, repeats skipped."""
         topic = await topic_factory("mixed", partitions=3)
         records, broken = _mixed_records()
-        await _publish(kafka_bootstrap, topic, records)
+        await publish_records(kafka_bootstrap, topic, records)
         settings = _settings(kafka_bootstrap, topic, sandbox.url, f"sqlite:///{tmp_path}/l.db")
 
         assert await run_service(settings) == 0
@@ -140,10 +129,10 @@ class TestMixedTopic:
         topic = await topic_factory("replay", partitions=2)
         platform = [r for batch in generate_platform_events() for r in batch]
         settings = _settings(kafka_bootstrap, topic, sandbox.url, f"sqlite:///{tmp_path}/l.db")
-        await _publish(kafka_bootstrap, topic, platform)
+        await publish_records(kafka_bootstrap, topic, platform)
         assert await run_service(settings) == 0
         first = sandbox.stats()
-        await _publish(kafka_bootstrap, topic, platform)
+        await publish_records(kafka_bootstrap, topic, platform)
         assert await run_service(settings) == 0
         second = sandbox.stats()
         assert (second["invoices"], second["credit_notes"]) == (

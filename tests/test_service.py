@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.plugins.kafka import TopicFactory
 from tests.plugins.worker_process import WorkerFactory, WorkerProcess
+from worker.broker import publish_records
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import read_dead_letters
 from worker.sandbox import DEMO_CLIENT_SECRET, FaultRule, Faults, Sandbox
@@ -55,17 +56,6 @@ def _expected_references(records: list[DemoRecord]) -> Counter[str]:
         else:
             refs[f"{event['order_id']}-CN-cancel"] += 1
     return refs
-
-
-async def _publish(bootstrap: str, topic: str, records: list[DemoRecord]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for r in records:
-            await producer.send(topic, r.value, key=r.key, headers=r.headers)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 def _settings(bootstrap: str, topic: str, api: str, ledger: str, **pipeline: Any) -> Settings:
@@ -136,7 +126,7 @@ class TestEndToEnd:
         """Demo input: one document per expected reference; broken events in the DLQ as sent."""
         topic = await topic_factory("e2e", partitions=3)
         records = _records(f"store-{topic}", orders=120)
-        await _publish(kafka_bootstrap, topic, records)
+        await publish_records(kafka_bootstrap, topic, records)
         settings = _settings(kafka_bootstrap, topic, sandbox.url, ledger_url)
         assert await asyncio.wait_for(run_service(settings), 120) == 0
         stats = sandbox.stats()
@@ -163,7 +153,7 @@ class TestEndToEnd:
         """Running the worker again over the same input creates nothing new."""
         topic = await topic_factory("again", partitions=2)
         records = _records(f"store-{topic}", orders=40)
-        await _publish(kafka_bootstrap, topic, records)
+        await publish_records(kafka_bootstrap, topic, records)
         settings = _settings(kafka_bootstrap, topic, sandbox.url, ledger_url)
         assert await asyncio.wait_for(run_service(settings), 120) == 0
         first = sandbox.stats()
@@ -193,7 +183,7 @@ class TestCrashAndSignals:
         topic = await topic_factory("crash", partitions=3)
         records = _records(f"store-{topic}", orders=250)
         expected = _expected_references(records)
-        await _publish(kafka_bootstrap, topic, records)
+        await publish_records(kafka_bootstrap, topic, records)
         sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=5),)))
         settings = _settings(kafka_bootstrap, topic, sandbox.url, ledger_url)
         env = _env(settings)
@@ -233,7 +223,7 @@ class TestCrashAndSignals:
 
         topic = await topic_factory("term", partitions=2)
         records = [r for r in _records(f"store-{topic}", orders=200) if r.expected == "invoice"]
-        await _publish(kafka_bootstrap, topic, records)
+        await publish_records(kafka_bootstrap, topic, records)
         # Slow API, few in flight: SIGTERM lands with work running and work still queued.
         sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=100),)))
         settings = _settings(kafka_bootstrap, topic, sandbox.url, f"sqlite:///{tmp_path}/ledger.db")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-__all__ = ["TansuBroker", "free_port"]
+__all__ = ["TansuBroker", "free_port", "publish_records"]
 
 _START_TIMEOUT_S = 20.0
 
@@ -88,3 +89,29 @@ class TansuBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Record(Protocol):
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+
+
+async def publish_records(bootstrap: str, topic: str, records: Iterable[_Record]) -> None:
+    """Produce ``records`` (key, value, headers) to ``topic`` and wait until all are acked.
+
+    For the demo, the tests and the benchmark; the worker itself only produces dead letters.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for r in records:
+            await producer.send(topic, r.value, key=r.key, headers=r.headers)
+        await producer.flush()
+    finally:
+        await producer.stop()

@@ -20,10 +20,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from worker.broker import TansuBroker
+from worker.broker import TansuBroker, publish_records
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import DeadLetter, read_dead_letters
 from worker.logs import configure_logging
@@ -76,14 +75,7 @@ async def _publish(bootstrap: str, records: list[DemoRecord]) -> None:
         )
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for r in records:
-            await producer.send(_TOPIC, r.value, key=r.key, headers=r.headers)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await publish_records(bootstrap, _TOPIC, records)
 
 
 def _consumed() -> int:
