@@ -273,7 +273,7 @@ class PipelineSettings(_Group):
     """Concurrency, retries and shutdown of the main job."""
 
     max_in_flight: int = Field(64, ge=1, description="Events processed concurrently at most.")
-    max_buffered: int = Field(2000, ge=1, description="Events held in memory before pausing.")
+    max_buffered: int = Field(1000, ge=1, description="Events held in memory before pausing.")
     max_attempts: int = Field(8, ge=1, description="Attempts per event for transient failures.")
     max_retry_s: float = Field(300.0, gt=0, description="Time budget per event for retries.")
     backoff_base_s: float = Field(0.5, gt=0, description="First backoff ceiling (full jitter).")
