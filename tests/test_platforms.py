@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from tests.corpus import corpus_file
 from worker.errors import (
     BadSignature,
     InvalidEvent,
@@ -33,7 +34,12 @@ from worker.platforms.signatures import sign, verify_signature
 from worker.settings import KafkaSettings, PlatformSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "platforms"
+
+
+def _corpus_path(*parts: str) -> Path:
+    return corpus_file("platforms", *parts)
+
+
 EXAMPLES = ROOT / "config" / "examples" / "platforms"
 CONFIG = PlatformConfig.from_settings(Settings())
 CREATED_TRIGGER = MappingOptions(invoice_trigger="order.created")
@@ -47,7 +53,7 @@ def _decode(
 
 
 def _corpus(name: str) -> bytes:
-    return (CORPUS / name).read_bytes()
+    return _corpus_path(name).read_bytes()
 
 
 def _total(event: OrderEvent) -> Decimal:

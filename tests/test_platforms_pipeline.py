@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from tests.corpus import corpus_file
 from tests.plugins.kafka import TopicFactory
 from worker.broker import publish_records
 from worker.demo_data import (
@@ -23,7 +24,9 @@ from worker.sandbox import Sandbox
 from worker.service import run_service
 from worker.settings import LedgerSettings, Settings
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "platforms"
+
+def _corpus(*parts: str) -> Path:
+    return corpus_file("platforms", *parts)
 
 
 def _settings(bootstrap: str, topic: str, api: str, ledger: str) -> Settings:
@@ -70,7 +73,7 @@ def _mixed_records() -> tuple[list[DemoRecord], list[DemoRecord]]:
         "dlq:bad_signature",
     )
     # Shopify's own fixture, validly signed: its published tax does not add up (SOURCES.md).
-    fixture = (CORPUS / "shopify" / "orders-paid.json").read_bytes()
+    fixture = _corpus("shopify", "orders-paid.json").read_bytes()
     quirk = DemoRecord(
         b"450789469",
         fixture,

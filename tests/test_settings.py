@@ -136,3 +136,51 @@ class TestReadme:
         )
         end = readme.index("\n<!-- settings-table:end -->")
         assert readme[start:end] == settings_table_markdown()
+
+
+class TestClearErrors:
+    def test_plain_value_for_a_list_setting_says_json(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """INVOICE_SYNC_KAFKA__TOPICS=orders gives one clear line, not a traceback."""
+        env = _clean_env(monkeypatch) | {"INVOICE_SYNC_KAFKA__TOPICS": "orders"}
+        result = _cli("config", env=env)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert "INVOICE_SYNC_KAFKA__TOPICS='[\"orders\"]'" in result.stderr
+
+    def test_group_rule_names_the_variable(self) -> None:
+        """A rule checked on a whole group still names the variable it is about."""
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_OAUTH__TOKEN_URL: token_url"):
+            load_settings(oauth={"token_url": "http://auth.example.com/token"})
+
+    def test_demo_secret_refused_for_a_real_token_endpoint(self) -> None:
+        """The sandbox's public demo secret is never sent to a non-loopback token URL."""
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_OAUTH__CLIENT_SECRET"):
+            load_settings(oauth={"token_url": "https://auth.example.com/token"})
+        ok = load_settings(
+            oauth={"token_url": "https://auth.example.com/token", "client_secret": "real-one"}
+        )
+        assert ok.oauth.token_url.startswith("https://")
+
+    def test_mapping_values_checked_at_load(self) -> None:
+        """An unknown time zone or a non-decimal tolerance stops start-up with the rule."""
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_MAPPING__TIMEZONE"):
+            load_settings(mapping={"timezone": "Mars/Base"})
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_MAPPING__TOTAL_TOLERANCE"):
+            load_settings(mapping={"total_tolerance": "abc"})
+
+    def test_empty_secret_file_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An empty mounted secret is an error, not an empty password."""
+        _clean_env(monkeypatch)
+        path = tmp_path / "empty"
+        path.write_text("\n")
+        monkeypatch.setenv("INVOICE_SYNC_OAUTH__CLIENT_SECRET_FILE", str(path))
+        with pytest.raises(SettingsError, match="is empty"):
+            load_settings()
+
+    def test_log_level_any_case(self) -> None:
+        """INVOICE_SYNC_LOGGING__LEVEL=info works like INFO."""
+        assert load_settings(logging={"level": "info"}).logging.level == "INFO"

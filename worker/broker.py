@@ -52,6 +52,9 @@ class TansuBroker:
             ],
             stdout=out,
             stderr=out,
+            # Its own session: a Ctrl-C in the terminal reaches the demo, which then drains
+            # and stops the broker itself, instead of killing the broker under the worker.
+            start_new_session=True,
         )
         try:
             self._wait_ready()

@@ -43,7 +43,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from worker.service import run_service
 
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
-    return asyncio.run(run_service(settings))
+    try:
+        return asyncio.run(run_service(settings))
+    except Exception as exc:
+        from worker.logs import get_logger, scrub
+
+        get_logger("worker.cli").error(
+            "worker.failed", error_type=type(exc).__name__, message=scrub(str(exc))[:500]
+        )
+        return EXIT_FAILURE
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -116,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from worker.logs import scrub
+
+        print(
+            f"invoice-sync {args.command}: failed: {type(exc).__name__}: {scrub(str(exc))[:500]}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

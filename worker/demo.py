@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 
 from worker.broker import TansuBroker, publish_records
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import DeadLetter, read_dead_letters
 from worker.logs import configure_logging
 from worker.metrics import EVENTS_CONSUMED
-from worker.sandbox import SandboxConfig, run_sandbox
+from worker.sandbox import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SandboxConfig, run_sandbox
 from worker.service import run_service
 from worker.settings import LedgerSettings, Settings
 
@@ -57,8 +58,16 @@ def _demo_settings(base: Settings, *, bootstrap: str, api_url: str, workdir: Pat
                     "group_id": "invoice-sync-demo",
                 }
             ),
-            "api": base.api.model_copy(update={"base_url": api_url}),
-            "oauth": base.oauth.model_copy(update={"token_url": f"{api_url}/oauth/token"}),
+            # The demo's own sandbox knows only its demo client, whatever the shell says.
+            "oauth": base.oauth.model_copy(
+                update={
+                    "token_url": f"{api_url}/oauth/token",
+                    "client_id": DEMO_CLIENT_ID,
+                    "client_secret": SecretStr(DEMO_CLIENT_SECRET),
+                    "auth_method": "client_secret_basic",
+                }
+            ),
+            "api": base.api.model_copy(update={"base_url": api_url, "auth_mode": "oauth"}),
             "ledger": LedgerSettings(url=f"sqlite:///{workdir / 'ledger.db'}"),
             "http": base.http.model_copy(update={"port": 0, "host": "127.0.0.1"}),
             "pipeline": base.pipeline.model_copy(update={"stop_when_idle_s": 3.0}),

@@ -134,8 +134,8 @@ async def read_dead_letters(settings: Settings, *, timeout_s: float = 10.0) -> l
     """Everything currently on the DLQ topic(s), read without joining a consumer group."""
     topics = sorted({settings.kafka.dlq_for(t) for t in settings.kafka.topics})
     consumer = AIOKafkaConsumer(**consumer_options(settings.kafka, group=False))
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = [
             TopicPartition(t, p)
             for t in topics
@@ -213,8 +213,8 @@ async def replay_dlq(settings: Settings, *, reason: str | None, dry_run: bool) -
             print(f"would replay offset {d.offset} reason={d.reason} to {target}")
         return 0
     producer = AIOKafkaProducer(**producer_options(settings.kafka))
-    await producer.start()
     try:
+        await producer.start()
         for d in letters:
             target = d.info.get("original-topic") or settings.kafka.topics[0]
             headers = [*d.original_headers, ("x-replayed-from-dlq", str(d.offset).encode())]

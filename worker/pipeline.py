@@ -64,6 +64,7 @@ __all__ = ["HandleResult", "Handler", "OffsetTracker", "Pipeline", "RetriesExhau
 log = get_logger(__name__)
 
 _POLL_TIMEOUT_MS = 200
+_FINAL_COMMIT_TIMEOUT_S = 10.0
 _LAG_REFRESH_S = 5.0
 _PAUSE_RETRY_LONGER_THAN_S = 1.0
 
@@ -220,8 +221,14 @@ class Pipeline:
     # --- public --------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to stop fetching and drain (safe from a signal handler)."""
+        """Stop fetching and drain (safe from a signal handler).
+
+        Nothing new starts from this moment, not only once the poll loop next wakes up.
+        """
         self._stopping.set()
+        self._draining = True
+        if self._fault is not None:
+            self._fault.cleared.set()  # wake fault waiters so they notice the drain
 
     @property
     def in_flight(self) -> int:
@@ -253,7 +260,12 @@ class Pipeline:
                 self._check_idle(now)
         finally:
             await self._drain(self._p.shutdown_timeout_s)
-            await self._commit()
+            # Bounded: a broker that is gone must not hold the exit (the offsets are then
+            # simply redelivered, and the ledger absorbs that).
+            try:
+                await asyncio.wait_for(self._commit(), timeout=_FINAL_COMMIT_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("offsets.final_commit_timed_out")
 
     # --- dispatch and per-key chains -----------------------------------------------------
 

@@ -22,9 +22,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -37,6 +40,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
 from worker.errors import SettingsError
 
@@ -226,6 +230,12 @@ class OAuthSettings(_Group):
     @model_validator(mode="after")
     def _https_only(self) -> OAuthSettings:
         _require_https("token_url", self.token_url, allow_insecure=self.allow_insecure_http)
+        host = urlsplit(self.token_url).hostname or ""
+        if self.client_secret.get_secret_value() == DEMO_CLIENT_SECRET and not _is_loopback(host):
+            raise ValueError(
+                "client_secret must be set for a token_url that is not the local sandbox "
+                "(the default is the sandbox's public demo secret)"
+            )
         if self.revoke_url:
             _require_https("revoke_url", self.revoke_url, allow_insecure=self.allow_insecure_http)
         return self
@@ -268,6 +278,26 @@ class MappingSettings(_Group):
         True, description="Create unknown SKUs; false dead-letters them as unknown_sku."
     )
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Asia/Riyadh") from None
+        return value
+
+    @field_validator("total_tolerance")
+    @classmethod
+    def _decimal_tolerance(cls, value: str) -> str:
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            raise ValueError("must be a decimal amount such as 0.05") from None
+        if not amount.is_finite() or amount < 0:
+            raise ValueError("must be a finite amount of zero or more")
+        return value
+
 
 class PipelineSettings(_Group):
     """Concurrency, retries and shutdown of the main job."""
@@ -305,6 +335,11 @@ class HttpServerSettings(_Group):
 class LoggingSettings(_Group):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     format: Literal["json", "console"] = Field("json", description="json for machines.")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class PlatformSettings(_Group):
@@ -502,9 +537,12 @@ class _SecretFilesSource(PydanticBaseSettingsSource):
 
 def _read_secret(path: Path, setting: str) -> str:
     try:
-        return path.read_text(encoding="utf-8").strip()
+        value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise SettingsError(f"{setting}: cannot read secret file {path} ({exc.strerror})") from None
+    if not value:
+        raise SettingsError(f"{setting}: secret file {path} is empty")
+    return value
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -517,16 +555,29 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_input=False, include_url=False):
-            loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-            var = ENV_PREFIX + _DELIM.join(loc).upper() if loc else "settings"
-            problems.append(f"{var}: {err['msg']}")
+        problems = [_describe(err) for err in exc.errors(include_input=False, include_url=False)]
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, PydanticSettingsError) as exc:
+        group = re.search(r'field "(\w+)"', str(exc))
+        where = f"{ENV_PREFIX}{group.group(1).upper()}__*" if group else "a setting"
         raise SettingsError(
-            f"invalid configuration: a JSON-valued setting is malformed ({exc.msg})"
+            f"invalid configuration: {where} holds a malformed JSON value; lists and maps are "
+            f"JSON, e.g. {ENV_PREFIX}KAFKA__TOPICS='[\"orders\"]'"
         ) from None
+
+
+def _describe(err: Any) -> str:
+    """``VARIABLE: rule`` for one validation error, naming the field a model rule is about."""
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if len(loc) == 1 and loc[0] in Settings.model_fields:
+        # A rule of a whole group names its field first ("token_url must use https://").
+        model = Settings.model_fields[loc[0]].annotation
+        first = message.split(" ", 1)[0]
+        if isinstance(model, type) and issubclass(model, BaseModel) and first in model.model_fields:
+            loc.append(first)
+    var = ENV_PREFIX + _DELIM.join(loc).upper() if loc else "settings"
+    return f"{var}: {message}"
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
