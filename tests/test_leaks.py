@@ -6,11 +6,12 @@ import asyncio
 import base64
 import hashlib
 import re
+from collections.abc import Callable
 
 from tests.plugins.kafka import TopicFactory
 from tests.plugins.worker_process import WorkerFactory
 from worker.broker import publish_records
-from worker.demo_data import generate_demo_events
+from worker.demo_data import DemoRecord, generate_demo_events
 from worker.sandbox import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Sandbox, SandboxConfig
 
 _TOKEN_SHAPE = re.compile(r"sbx_(?:at|rt)_[A-Za-z0-9_\-]{8,}")
@@ -25,11 +26,29 @@ class TestNoLeaks:
         worker_factory: WorkerFactory,
     ) -> None:
         """Short-lived tokens, a forced 401 renewal, DEBUG everywhere: zero secrets leak."""
-        sbx: Sandbox = await sandbox_factory(SandboxConfig(token_lifetime=3.0))  # type: ignore[operator]
+        sbx: Sandbox = await sandbox_factory(SandboxConfig(token_lifetime=6.0))  # type: ignore[operator]
         topic = await topic_factory("leak", partitions=2)
         records = generate_demo_events(orders=80, broken_each=1, platforms=False)
-        await publish_records(kafka_bootstrap, topic, records)
-        wanted = sum(1 for r in records if r.expected in ("invoice", "credit_note"))
+        keys = list(dict.fromkeys(r.key for r in records))
+        first_keys = set(keys[: len(keys) // 2])
+        first = [r for r in records if r.key in first_keys]
+        second = [r for r in records if r.key not in first_keys]
+
+        def documents() -> int:
+            stats = sbx.stats()
+            return int(stats["invoices"]) + int(stats["credit_notes"])
+
+        def wanted(batch: list[DemoRecord]) -> int:
+            return sum(1 for r in batch if r.expected in ("invoice", "credit_note"))
+
+        async def wait_for(cond: Callable[[], bool]) -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 120
+            while not cond():
+                assert loop.time() < deadline, worker.tail()
+                await asyncio.sleep(0.05)
+
+        await publish_records(kafka_bootstrap, topic, first)
         worker = worker_factory(
             {
                 "INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -43,16 +62,14 @@ class TestNoLeaks:
                 "INVOICE_SYNC_LOGGING__LEVEL": "DEBUG",
             }
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 120
-        revoked = False
-        while sbx.stats()["invoices"] + sbx.stats()["credit_notes"] < wanted:
-            assert loop.time() < deadline, worker.tail()
-            if not revoked and sbx.stats()["invoices"] >= 20:
-                sbx.revoke_all()  # the next requests get 401 and renew
-                revoked = True
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(3.5)  # one more token lifetime: a background refresh happens
+        await wait_for(lambda: documents() >= wanted(first))
+        # Wait for a background refresh (every 3 s with a 6 s token), then revoke every token
+        # right after it: the next request carries a revoked token, gets 401 and renews.
+        fetched = sbx.stats()["token_requests"].get("client_credentials", 0)
+        await wait_for(lambda: sbx.stats()["token_requests"].get("client_credentials", 0) > fetched)
+        sbx.revoke_all()
+        await publish_records(kafka_bootstrap, topic, second)
+        await wait_for(lambda: documents() >= wanted(first) + wanted(second))
         metrics = await worker.metrics()
         assert await worker.terminate() == 0
         log = worker.log_text()
