@@ -184,9 +184,10 @@ class TestCrashAndSignals:
         records = _records(f"store-{topic}", orders=250)
         expected = _expected_references(records)
         await publish_records(kafka_bootstrap, topic, records)
-        sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=5),)))
+        # Slow enough that the kill lands mid-stream on a loaded machine too.
+        sandbox.set_faults(Faults(rules=(FaultRule(target="resources", latency_ms=40),)))
         settings = _settings(kafka_bootstrap, topic, sandbox.url, ledger_url)
-        env = _env(settings)
+        env = _env(settings) | {"INVOICE_SYNC_PIPELINE__MAX_IN_FLIGHT": "8"}
         first = worker_factory(env, name="first")
         await _wait_for(
             lambda: sandbox.stats()["invoices"] >= 60,
