@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from tests.corpus import corpus_file
 from tests.plugins.kafka import TopicFactory
+from tests.worker_settings import endpoint_settings
 from worker.broker import publish_records
 from worker.demo_data import (
     DEMO_WEBHOOK_SECRETS,
@@ -22,7 +23,7 @@ from worker.dlq import read_dead_letters
 from worker.platforms.signatures import sign
 from worker.sandbox import Sandbox
 from worker.service import run_service
-from worker.settings import LedgerSettings, Settings
+from worker.settings import Settings
 
 
 def _corpus(*parts: str) -> Path:
@@ -31,32 +32,18 @@ def _corpus(*parts: str) -> Path:
 
 def _settings(bootstrap: str, topic: str, api: str, ledger: str) -> Settings:
     base = Settings()
-    return base.model_copy(
-        update={
-            "kafka": base.kafka.model_copy(
-                update={
-                    "bootstrap_servers": bootstrap,
-                    "topics": [topic],
-                    "group_id": f"g-{topic}",
-                    "session_timeout_ms": 6000,
-                    "heartbeat_interval_ms": 1000,
-                    "topic_formats": {topic: "auto"},
-                }
-            ),
-            "api": base.api.model_copy(update={"base_url": api}),
-            "oauth": base.oauth.model_copy(update={"token_url": f"{api}/oauth/token"}),
-            "ledger": LedgerSettings(url=ledger),
-            "http": base.http.model_copy(update={"port": 0, "host": "127.0.0.1"}),
-            "pipeline": base.pipeline.model_copy(
-                update={"stop_when_idle_s": 2.0, "commit_interval_s": 0.2}
-            ),
-            "platforms": base.platforms.model_copy(
-                update={
-                    f"{name}_webhook_secret": SecretStr(secret.decode())
-                    for name, secret in DEMO_WEBHOOK_SECRETS.items()
-                }
-            ),
-        }
+    return endpoint_settings(
+        bootstrap,
+        topic,
+        api,
+        ledger,
+        kafka={"topic_formats": {topic: "auto"}},
+        platforms=base.platforms.model_copy(
+            update={
+                f"{name}_webhook_secret": SecretStr(secret.decode())
+                for name, secret in DEMO_WEBHOOK_SECRETS.items()
+            }
+        ),
     )
 
 

@@ -13,12 +13,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.plugins.kafka import TopicFactory
 from tests.plugins.worker_process import WorkerFactory, WorkerProcess
+from tests.worker_settings import endpoint_settings
 from worker.broker import publish_records
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import read_dead_letters
 from worker.sandbox import DEMO_CLIENT_SECRET, FaultRule, Faults, Sandbox
 from worker.service import run_service
-from worker.settings import LedgerSettings, Settings
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,31 +60,7 @@ def _expected_references(records: list[DemoRecord]) -> Counter[str]:
 
 
 def _settings(bootstrap: str, topic: str, api: str, ledger: str, **pipeline: Any) -> Settings:
-    base = Settings()
-    return base.model_copy(
-        update={
-            "kafka": base.kafka.model_copy(
-                update={
-                    "bootstrap_servers": bootstrap,
-                    "topics": [topic],
-                    "group_id": f"g-{topic}",
-                    "session_timeout_ms": 6000,
-                    "heartbeat_interval_ms": 1000,
-                }
-            ),
-            "api": base.api.model_copy(update={"base_url": api}),
-            "oauth": base.oauth.model_copy(update={"token_url": f"{api}/oauth/token"}),
-            "ledger": LedgerSettings(url=ledger),
-            "http": base.http.model_copy(update={"port": 0, "host": "127.0.0.1"}),
-            "pipeline": base.pipeline.model_copy(
-                update={
-                    "stop_when_idle_s": 2.0,
-                    "commit_interval_s": 0.2,
-                    **pipeline,
-                }
-            ),
-        }
-    )
+    return endpoint_settings(bootstrap, topic, api, ledger, pipeline=pipeline)
 
 
 def _env(settings: Settings) -> dict[str, str]:

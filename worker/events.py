@@ -73,6 +73,7 @@ __all__ = [
     "Source",
     "Tax",
     "Totals",
+    "no_duplicate_keys",
     "parse_event",
     "parse_event_dict",
 ]
@@ -399,7 +400,8 @@ class OrderEvent(_Model):
 # --- parsing ------------------------------------------------------------------------------------
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a repeated key is malformed input, not "the last one wins"."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
@@ -453,7 +455,7 @@ def parse_event(
             text,
             parse_float=Decimal,
             parse_constant=Decimal,  # NaN/Infinity become non-finite Decimals, refused later
-            object_pairs_hook=_no_duplicate_keys,
+            object_pairs_hook=no_duplicate_keys,
         )
     except (ValueError, RecursionError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)

@@ -25,10 +25,10 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from worker.errors import InvalidEvent, MalformedEvent, SettingsError
-from worker.events import MAX_EVENT_BYTES, OrderEvent, parse_event
+from worker.events import MAX_EVENT_BYTES, OrderEvent, no_duplicate_keys, parse_event
 from worker.platforms import salla, shopify, zid
 from worker.platforms._common import PlatformOptions, body_digest
 from worker.platforms.signatures import SIGNATURE_HEADERS, verify_signature
@@ -172,15 +172,6 @@ def detect_format(topic: str, headers: Mapping[str, str], config: PlatformConfig
     return "v1"
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def _load(raw: bytes) -> object:
     if len(raw) > MAX_EVENT_BYTES:
         raise MalformedEvent(f"record is {len(raw)} bytes, limit {MAX_EVENT_BYTES}", size=len(raw))
@@ -189,7 +180,7 @@ def _load(raw: bytes) -> object:
             raw.decode("utf-8"),
             parse_float=Decimal,
             parse_constant=Decimal,
-            object_pairs_hook=_no_duplicate_keys,
+            object_pairs_hook=no_duplicate_keys,
         )
     except UnicodeDecodeError as exc:
         raise MalformedEvent(f"record is not UTF-8 (byte {exc.start})") from None
