@@ -113,6 +113,16 @@ class TestMalformed:
         with pytest.raises(MalformedEvent, match="duplicate key"):
             parse_event(b'{"event_id": "a", "event_id": "b"}')
 
+    def test_duplicate_key_is_named(self) -> None:
+        """The message names the first key seen twice, also inside a nested object."""
+        with pytest.raises(MalformedEvent, match="duplicate key 'y'"):
+            parse_event(b'{"a": {"x": 1, "y": 2, "y": 3, "x": 4}}')
+
+    def test_byte_order_mark(self) -> None:
+        """A UTF-8 byte order mark is malformed, as json.loads has it."""
+        with pytest.raises(MalformedEvent, match="Unexpected UTF-8 BOM"):
+            parse_event(b"\xef\xbb\xbf" + _raw(_paid()))
+
     def test_too_large(self) -> None:
         """Records above max_bytes are refused before decoding."""
         with pytest.raises(MalformedEvent, match="limit 10"):
@@ -274,6 +284,25 @@ class TestNumbers:
         assert message.startswith("order.lines[0].unit_price:"), message
         assert problem in message
         assert "more)" not in message  # the one problem is the price
+
+    def test_repeated_number_text_keeps_currency_and_digits(self) -> None:
+        """Parsed number strings are memoised: the same text still follows its currency."""
+        for currency, expected in [("SAR", "1.50"), ("KWD", "1.500"), ("SAR", "1.50")]:
+            event = parse_event(_with_price('"1.5"', currency=currency))
+            assert event.order is not None
+            assert str(event.order.lines[0].unit_price) == expected
+        for _ in range(2):
+            with pytest.raises(InvalidEvent, match="at most 0 decimals for JPY"):
+                parse_event(_with_price('"1.5"', currency="JPY"))
+
+    def test_repeated_quantity_text_is_kept_as_written(self) -> None:
+        """Equal quantities written differently keep their own digits."""
+        data = _paid()
+        for text in ("2.5", "2.500", "2.5"):
+            data["order"]["lines"][1]["quantity"] = text
+            event = parse_event(_raw(data))
+            assert event.order is not None
+            assert str(event.order.lines[1].quantity) == text
 
     def test_quantity_allows_six_decimals(self) -> None:
         """Quantities take up to 6 decimals; a 7th is refused."""

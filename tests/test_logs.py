@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -17,6 +18,7 @@ from worker.logs import (
     REDACTED,
     RedactSecrets,
     configure_logging,
+    event_context,
     forget_secrets,
     get_logger,
     register_secret,
@@ -351,3 +353,57 @@ class TestSecretRegistry:
             assert logs.scrub(tokens[0]) == tokens[0]  # expired long ago; shapes catch real ones
         finally:
             logs.forget_secrets()
+
+
+class TestEventContext:
+    def test_fields_ride_on_lines_and_nest(self, json_logs: io.StringIO) -> None:
+        """Inner blocks add and override fields; leaving a block restores the outer ones."""
+        log = get_logger("worker.pipeline")
+        with event_context(topic="orders", partition=1, order_id="SO-1"):
+            with event_context(order_id="SO-2", event_id="e-2"):
+                log.info("inner")
+            log.info("outer")
+        log.info("none")
+        inner, outer, none = _lines(json_logs)
+        assert (inner["topic"], inner["order_id"], inner["event_id"]) == ("orders", "SO-2", "e-2")
+        assert (outer["order_id"], "event_id" in outer) == ("SO-1", False)
+        assert "topic" not in none
+        assert "order_id" not in none
+
+    def test_call_site_keys_win(self, json_logs: io.StringIO) -> None:
+        """A field passed at the call overrides the bound one of the same name."""
+        with event_context(attempt=1):
+            get_logger("worker.x").info("retry", attempt=2)
+        assert _lines(json_logs)[0]["attempt"] == 2
+
+    async def test_tasks_see_their_own_context(self, json_logs: io.StringIO) -> None:
+        """Fields bound in one task do not leak into another running at the same time."""
+        log = get_logger("worker.x")
+        gate = asyncio.Event()
+
+        async def one(order: str) -> None:
+            with event_context(order_id=order):
+                await gate.wait()
+                log.info("step")
+
+        tasks = [asyncio.create_task(one(o)) for o in ("A", "B")]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert sorted(line["order_id"] for line in _lines(json_logs)) == ["A", "B"]
+
+    def test_below_level_is_not_rendered(self, json_logs: io.StringIO) -> None:
+        """DEBUG lines cost nothing and print nothing at INFO."""
+        get_logger("worker.x").debug("chatty", token="never-rendered")
+        assert json_logs.getvalue() == ""
+
+    def test_logger_made_before_reconfiguration_follows_it(self, restore_logging: None) -> None:
+        """A module-level logger writes to the stream of the latest configuration."""
+        log = get_logger("worker.early")
+        first, second = io.StringIO(), io.StringIO()
+        configure_logging(stream=first)
+        log.info("one")
+        configure_logging(stream=second, level="DEBUG")
+        log.debug("two")
+        assert [json.loads(x)["event"] for x in first.getvalue().splitlines()] == ["one"]
+        assert [json.loads(x)["event"] for x in second.getvalue().splitlines()] == ["two"]

@@ -260,6 +260,22 @@ class TestInvoicePlan:
 
 
 class TestSpreading:
+    @pytest.mark.parametrize("inclusive", [False, True])
+    def test_no_order_discount_sends_zero_discounts_in_minor_units(self, inclusive: bool) -> None:
+        """Without order discounts a line without its own discount still sends "0.00"."""
+        total = "23.00" if inclusive else "26.45"
+        plan = _plan(
+            _simple(
+                [("2", "10.00"), ("1", "3.00")], inclusive=inclusive, discount=None, total=total
+            )
+        )
+        assert [line.discount.as_tuple() for line in plan.lines] == [Decimal("0.00").as_tuple()] * 2
+        body = plan.payload(contact_id=1, product_ids={"SKU-1": 1, "SKU-2": 2})
+        invoice = body["invoice"]
+        assert isinstance(invoice, dict)
+        assert [item["discount"] for item in invoice["line_items"]] == ["0.00", "0.00"]
+        assert plan.sent is plan.expected
+
     def test_inclusive_corpus_case_keeps_total(self) -> None:
         """Inclusive 12 x 1.00 + 3 x 6.50 less 3.00 (zt-many-units): both documents 28.50."""
         plan = _plan(_simple([("12", "1.00"), ("3", "6.50")], inclusive=True, discount="3.00",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
 
 from tests.corpus import corpus_file, money_vectors
 from worker.money import (
+    ISO_4217_CODES,
     Adjustment,
     DocumentTotals,
     LineInput,
@@ -159,6 +160,16 @@ class TestCurrencies:
         assert minor_units(currency) == digits
         assert unit(currency) == Decimal(1).scaleb(-digits)
 
+    def test_unit_of_every_code_keeps_the_scaleb_exponent(self) -> None:
+        """The precomputed steps are exactly ``Decimal(1).scaleb(-n)``: digits and exponent."""
+        for code in [*sorted(ISO_4217_CODES), "sar", "Kwd", "jpy", "XYZ", ""]:
+            expected = Decimal(1).scaleb(-minor_units(code))
+            assert unit(code).as_tuple() == expected.as_tuple(), code
+            assert (
+                quantize(Decimal("1.5"), code).as_tuple()
+                == Decimal("1.5").quantize(expected, rounding=ROUND_HALF_UP).as_tuple()
+            ), code
+
     def test_kwd_three_decimals(self) -> None:
         """KWD rounds to 0.001: 3 x 1.2345 = 3.7035 -> 3.704, VAT 15 % = 0.5556 -> 0.556."""
         doc = compute_document(
@@ -210,6 +221,26 @@ class TestSplitProportionally:
         with pytest.raises(ValueError, match="zero weights"):
             split_proportionally(Decimal(1), [Decimal(0)], currency="SAR")
 
+    @pytest.mark.parametrize(
+        ("currency", "zero"), [("SAR", "0.00"), ("KWD", "0.000"), ("JPY", "0")]
+    )
+    def test_zero_total_shares_are_zeros_of_the_currency(self, currency: str, zero: str) -> None:
+        """No order discount: every share is a zero at the minor-unit exponent, sign kept."""
+        weights = [Decimal("20.00"), Decimal("7.33"), Decimal(5)]
+        shares = split_proportionally(Decimal(0), weights, currency=currency)
+        assert [s.as_tuple() for s in shares] == [Decimal(zero).as_tuple()] * 3
+        negative = split_proportionally(Decimal("-0"), weights, currency=currency)
+        assert [s.as_tuple() for s in negative] == [Decimal("-" + zero).as_tuple()] * 3
+
+    def test_zero_total_with_a_zero_or_negative_weight(self) -> None:
+        """The shortcut is for positive weights only; the rules for the others are unchanged."""
+        assert split_proportionally(Decimal(0), [Decimal(1), Decimal(0)], currency="SAR") == (
+            Decimal("0.00"),
+            Decimal("0.00"),
+        )
+        with pytest.raises(ValueError, match="must not be negative"):
+            split_proportionally(Decimal(0), [Decimal(1), Decimal(-1)], currency="SAR")
+
     def test_net_document_unchanged_by_spreading(self) -> None:
         """With net prices, spreading an order discount over lines leaves the document equal."""
         lines = [
@@ -235,3 +266,42 @@ class TestSplitProportionally:
         )
         assert spread.total_with_vat == with_discount.total_with_vat == Decimal("25.68")
         assert spread.document_vat == with_discount.document_vat
+
+
+class TestComputeDocumentShortcuts:
+    """compute_document skips work that cannot change a result; the results must not change."""
+
+    @pytest.mark.parametrize("inclusive", [False, True])
+    def test_zero_discount_and_charge_are_no_ops(self, inclusive: bool) -> None:
+        """Explicit zero adjustments give the same line, exponent included, as none at all."""
+        plain = LineInput(Decimal(3), Decimal("4.55"), S15)
+        zeros = LineInput(Decimal(3), Decimal("4.55"), S15, Decimal("0.000"), Decimal(0))
+        one = compute_document([plain], currency="SAR", prices_include_tax=inclusive)
+        other = compute_document([zeros], currency="SAR", prices_include_tax=inclusive)
+        assert repr(one) == repr(other)
+        assert one.lines[0].amount.as_tuple() == Decimal("13.65").as_tuple()
+
+    def test_zero_amount_line(self) -> None:
+        """A free line is 0.00 at the currency's exponent."""
+        doc = compute_document(
+            [LineInput(Decimal(2), Decimal(0), S15)], currency="SAR", prices_include_tax=False
+        )
+        assert doc.lines[0].amount.as_tuple() == Decimal("0.00").as_tuple()
+        assert doc.total_with_vat.as_tuple() == Decimal("0.00").as_tuple()
+
+    @pytest.mark.parametrize("inclusive", [False, True])
+    def test_rate_spelling_does_not_change_a_group(self, inclusive: bool) -> None:
+        """Keys equal up to the rate's exponent share a group and each line's results."""
+        s15_00 = TaxKey("S", Decimal("15.00"))
+        lines = [
+            LineInput(Decimal(3), Decimal("4.55"), S15),
+            LineInput(Decimal(1), Decimal("208.69"), s15_00),
+        ]
+        doc = compute_document(lines, currency="SAR", prices_include_tax=inclusive)
+        alone = [
+            compute_document([line], currency="SAR", prices_include_tax=inclusive).lines[0]
+            for line in lines
+        ]
+        assert repr(doc.lines) == repr(tuple(alone))
+        assert len(doc.tax_subtotals) == 1
+        assert doc.tax_subtotals[0].tax.rate.as_tuple() == Decimal(15).as_tuple()

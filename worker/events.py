@@ -30,6 +30,7 @@ Unknown fields are ignored, so producers can add fields within v1.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -102,64 +103,129 @@ _RFC3339 = re.compile(
 
 
 # --- field types -----------------------------------------------------------------------------
+#
+# These validators run for every number of every event on the consumer's hot path. They read
+# prebuilt quantize steps instead of building ``Decimal(1).scaleb(-n)`` per field, and they
+# memoise the outcome for decimal *strings* (see ``_TEXT_CACHE_SIZE``).
+
+#: Distinct decimal strings remembered per kind of number. Real traffic repeats a small set
+#: of prices, quantities, rates and "0.00"s, so a bounded cache turns most number checks into
+#: one lookup. Only strings are cached: ``Decimal("1.0") == 1`` would make a Decimal or int key
+#: return another input's digits. A refused string raises each time (exceptions are not cached).
+#: The checks are exact (``Decimal(str)``, comparisons, a quantize far inside 28 digits), so a
+#: remembered result is the one a fresh check would give.
+_TEXT_CACHE_SIZE: Final = 4096
+
+
+def _step(decimals: int) -> Decimal:
+    """``10**-decimals`` as a Decimal (``0.01`` for 2): the ``quantize`` target."""
+    return Decimal(1).scaleb(-decimals)
+
+
+_QUANTITY_STEP: Final = _step(_QUANTITY_DECIMALS)
+_RATE_STEP: Final = _step(_RATE_DECIMALS)
+#: (minor units, quantize step) per currency the contract accepts, looked up per money field.
+_CURRENCY_STEPS: Final[dict[str, tuple[int, Decimal]]] = {
+    code: (minor_units(code), _step(minor_units(code))) for code in ISO_4217_CODES
+}
 
 
 def _to_decimal(value: object) -> Decimal:
     """A decimal string, an int or a JSON-text Decimal, as a finite, bounded Decimal."""
-    if isinstance(value, bool):
-        raise ValueError("must be a decimal string or number, not a boolean")
-    if isinstance(value, int):
-        number = Decimal(value)
-    elif isinstance(value, Decimal):
-        number = value
-    elif isinstance(value, str):
+    if isinstance(value, str):  # the usual case first: the contract asks for strings
         if not _DECIMAL_TEXT.fullmatch(value):
             raise ValueError("must be a plain decimal string such as '12.50'")
+        number = Decimal(value)  # the pattern admits finite numbers only
+    elif isinstance(value, bool):
+        raise ValueError("must be a decimal string or number, not a boolean")
+    elif isinstance(value, int):
         number = Decimal(value)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("must be a finite number")
+        number = value
     else:
         # A Python float can only come from a caller bypassing parse_event; refuse it.
         raise ValueError("must be a decimal string or number")
-    if not number.is_finite():
-        raise ValueError("must be a finite number")
     if abs(number) >= _MAX_AMOUNT:
         raise ValueError("is too large")
     return number
 
 
-def _exact(number: Decimal, decimals: int, what: str, *, keep: bool = False) -> Decimal:
-    step = Decimal(1).scaleb(-decimals)
+def _rounded(number: Decimal, step: Decimal) -> Decimal | None:
+    """``number`` quantized to ``step``, or ``None`` when that would change its value."""
     try:
         rounded = number.quantize(step)
     except InvalidOperation as exc:  # pragma: no cover - bounded above, kept as a guard
         raise ValueError("is out of range") from exc
-    if rounded != number:
-        raise ValueError(f"must have at most {decimals} decimals{what}")
-    return number if keep else rounded
+    return rounded if rounded == number else None
 
 
-def _money(value: object, info: ValidationInfo) -> Decimal:
+def _money_value(value: object, currency: str | None) -> Decimal:
+    """A non-negative amount, rounded to the minor units of ``currency`` when one is known."""
     number = _to_decimal(value)
     if number < 0:
         raise ValueError("must not be negative")
-    context = info.context if isinstance(info.context, Mapping) else {}
-    currency = context.get("currency")
-    if isinstance(currency, str):
-        return _exact(number, minor_units(currency), f" for {currency}")
-    return number
+    if currency is None:
+        return number
+    known = _CURRENCY_STEPS.get(currency)
+    if known is None:  # a context from a caller other than parse_event_dict
+        known = minor_units(currency), _step(minor_units(currency))
+    decimals, step = known
+    rounded = _rounded(number, step)
+    if rounded is None:
+        raise ValueError(f"must have at most {decimals} decimals for {currency}")
+    return rounded
 
 
-def _quantity(value: object) -> Decimal:
+def _quantity_value(value: object) -> Decimal:
+    """A positive quantity of at most six decimals, kept as written (``"2.500"`` stays)."""
     number = _to_decimal(value)
     if number <= 0:
         raise ValueError("must be greater than zero")
-    return _exact(number, _QUANTITY_DECIMALS, "", keep=True)
+    if _rounded(number, _QUANTITY_STEP) is None:
+        raise ValueError(f"must have at most {_QUANTITY_DECIMALS} decimals")
+    return number
 
 
-def _rate(value: object) -> Decimal:
+def _rate_value(value: object) -> Decimal:
+    """A percentage of at most two decimals, kept as written (``"15"`` stays ``15``)."""
     number = _to_decimal(value)
     if not 0 <= number <= 100:
         raise ValueError("must be a percentage between 0 and 100")
-    return _exact(number, _RATE_DECIMALS, "", keep=True)
+    if _rounded(number, _RATE_STEP) is None:
+        raise ValueError(f"must have at most {_RATE_DECIMALS} decimals")
+    return number
+
+
+_money_text = functools.lru_cache(maxsize=_TEXT_CACHE_SIZE)(_money_value)
+_quantity_text = functools.lru_cache(maxsize=_TEXT_CACHE_SIZE)(_quantity_value)
+_rate_text = functools.lru_cache(maxsize=_TEXT_CACHE_SIZE)(_rate_value)
+
+
+def _money(value: object, info: ValidationInfo) -> Decimal:
+    """Money field: the currency comes from the validation context (see parse_event_dict)."""
+    context = info.context
+    currency = None
+    # ``type() is dict`` first: parse_event_dict passes a dict, and the ``Mapping`` ABC check
+    # is several times slower.
+    if type(context) is dict or isinstance(context, Mapping):
+        found = context.get("currency")
+        if isinstance(found, str):
+            currency = found
+    if type(value) is str:
+        return _money_text(value, currency)
+    return _money_value(value, currency)
+
+
+def _quantity(value: object) -> Decimal:
+    """Quantity field (see ``_quantity_value``)."""
+    return _quantity_text(value) if type(value) is str else _quantity_value(value)
+
+
+def _rate(value: object) -> Decimal:
+    """Tax rate field (see ``_rate_value``)."""
+    return _rate_text(value) if type(value) is str else _rate_value(value)
 
 
 def _timestamp(value: object) -> datetime:
@@ -264,6 +330,8 @@ class Line(_Model):
 
     @model_validator(mode="after")
     def _discount_fits(self, info: ValidationInfo) -> Line:
+        if not self.discount_amount:
+            return self  # no discount always fits: quantity > 0 and unit_price >= 0
         currency = info.context.get("currency") if isinstance(info.context, Mapping) else None
         gross = self.quantity * self.unit_price
         if isinstance(currency, str):
@@ -401,13 +469,28 @@ class OrderEvent(_Model):
 
 
 def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads`` hook: a repeated key is malformed input, not "the last one wins"."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
+    """``json.loads`` hook: a repeated key is malformed input, not "the last one wins".
+
+    It runs for every JSON object, so the common case is one C-level ``dict(pairs)``; only
+    when that lost a pair is the list walked again to name the first repeated key.
+    """
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return result
+
+
+#: One decoder for every record: ``json.loads`` with keyword arguments builds a new one per
+#: call. Decoders keep no state between calls, so sharing one is safe.
+_DECODER: Final = json.JSONDecoder(
+    parse_float=Decimal,
+    parse_constant=Decimal,  # NaN/Infinity become non-finite Decimals, refused later
+    object_pairs_hook=no_duplicate_keys,
+)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -451,18 +534,20 @@ def parse_event(
     except UnicodeDecodeError as exc:
         raise MalformedEvent(f"event is not UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(
-            text,
-            parse_float=Decimal,
-            parse_constant=Decimal,  # NaN/Infinity become non-finite Decimals, refused later
-            object_pairs_hook=no_duplicate_keys,
-        )
+        if text.startswith("\ufeff"):  # as json.loads does, which _DECODER.decode does not
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise MalformedEvent(f"event is not valid JSON: {message}"[:200]) from None
     if not isinstance(data, dict):
         raise InvalidEvent("event: must be a JSON object")
     return parse_event_dict(data, key=key)
+
+
+def _ids(data: dict[str, Any]) -> dict[str, str]:
+    """The event and order ids an error carries, when they are strings (built on failure only)."""
+    return {k: data[k] for k in ("event_id", "order_id") if isinstance(data.get(k), str)}
 
 
 def parse_event_dict(data: dict[str, Any], *, key: bytes | None = None) -> OrderEvent:
@@ -478,29 +563,30 @@ def parse_event_dict(data: dict[str, Any], *, key: bytes | None = None) -> Order
     """
     if not isinstance(data, dict):
         raise InvalidEvent("event: must be a JSON object")
-    ids = {k: data[k] for k in ("event_id", "order_id") if isinstance(data.get(k), str)}
     version = data.get("schema_version")
     if version is None:
-        raise InvalidEvent("schema_version: Field required", **ids)
+        raise InvalidEvent("schema_version: Field required", **_ids(data))
     if not isinstance(version, str):
-        raise InvalidEvent('schema_version: must be the string "1"', **ids)
+        raise InvalidEvent('schema_version: must be the string "1"', **_ids(data))
     if version != SCHEMA_VERSION:
         raise UnsupportedSchemaVersion(
             f"schema_version {version[:20]!r} is not supported (expected {SCHEMA_VERSION!r})",
             schema_version=version[:20],
-            **ids,
+            **_ids(data),
         )
 
     order = data.get("order")
     currency = order.get("currency") if isinstance(order, dict) else None
     context = {"currency": currency} if currency in ISO_4217_CODES else {}
     try:
-        event = OrderEvent.model_validate(data, context=context)
+        # The core validator directly: model_validate only forwards to it, and this is the
+        # hot path of the consumer.
+        event: OrderEvent = OrderEvent.__pydantic_validator__.validate_python(data, context=context)
     except ValidationError as exc:
         problems = _describe(exc)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise InvalidEvent(problems[0] + more, errors=problems[:10], **ids) from None
+        raise InvalidEvent(problems[0] + more, errors=problems[:10], **_ids(data)) from None
 
     if key is not None and key != event.order_id.encode("utf-8"):
-        raise InvalidEvent("order_id: does not match the record key", **ids)
+        raise InvalidEvent("order_id: does not match the record key", **_ids(data))
     return event

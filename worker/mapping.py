@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Literal, NamedTuple
@@ -117,6 +117,9 @@ EXEMPTION_CODES: Mapping[str, frozenset[str]] = {
 }
 
 _SAUDI_VAT = re.compile(r"3[0-9]{13}3")
+# Shared constants: the hot path would otherwise build these Decimals anew for every line.
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
 #: Credit-note reason when the event gives none (the API requires one).
 _DEFAULT_REASON = "Order cancelled"
 
@@ -383,6 +386,11 @@ def ledger_key(event: OrderEvent, *, options: MappingOptions | None = None) -> L
     kind = document_kind(event, options=options)
     if kind is None:
         raise ValueError(f"{event.event_type} produces no document")
+    return _ledger_key(event, kind)
+
+
+def _ledger_key(event: OrderEvent, kind: DocumentKind) -> LedgerKey:
+    """``ledger_key`` once the kind is known (``plan_document`` has it already)."""
     refund_id = (
         event.refund.refund_id if event.event_type == ORDER_REFUNDED and event.refund else None
     )
@@ -414,7 +422,11 @@ def _check_buyer(customer: Customer) -> InvoiceKind:
     return "standard"
 
 
-def _check_tax(tax: Tax, path: str) -> None:
+def _check_tax(tax: Tax, field: str, index: int) -> None:
+    """Check the tax of ``{field}[{index}]``; the error path is only spelled out on error."""
+    if tax.category == "S" and not tax.exemption_code:
+        return  # the common case, before any string is built
+    path = f"{field}[{index}].tax"
     if tax.category == "S":
         if tax.exemption_code:
             raise UnmappableOrder(f"{path}.exemption_code: category S takes no exemption code")
@@ -455,9 +467,12 @@ def _customer_plan(customer: Customer) -> CustomerPlan:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Priced:
-    """The invoice as lines (with order discounts spread) plus both documents."""
+class _Priced(NamedTuple):
+    """The invoice as lines (with order discounts spread) plus both documents.
+
+    A NamedTuple rather than a frozen dataclass: private, built once per event, and a tuple
+    is created several times faster than a frozen dataclass sets its fields.
+    """
 
     lines: tuple[LinePlan, ...]  # product lines first, in order, then shipping lines
     product_count: int
@@ -469,23 +484,27 @@ def _price_order(order: Order, options: MappingOptions) -> _Priced:
     cur = order.currency
     inclusive = order.prices_include_tax
     amounts = [line.amount(cur) for line in order.lines]
-    discount_total = sum((d.amount for d in order.order_discounts), Decimal(0))
-    if discount_total > sum(amounts, Decimal(0)):
+    discounts = order.order_discounts
+    discount_total = sum((d.amount for d in discounts), _ZERO) if discounts else _ZERO
+    if discount_total > sum(amounts, _ZERO):
         raise UnmappableOrder(
             "order_discounts: exceed the lines they apply to",
             discount=_dec(discount_total),
         )
+    # Without order discounts every share is a zero of the currency's exponent (cheap: the
+    # split returns early); adding it keeps each line discount at that exponent ("0.00").
     shares = split_proportionally(discount_total, amounts, currency=cur)
 
     lines: list[LinePlan] = []
     base: list[LineInput] = []
     adjustments: dict[TaxKey, Decimal] = {}
     for i, (line, share) in enumerate(zip(order.lines, shares, strict=True)):
-        _check_tax(line.tax, f"order.lines[{i}].tax")
-        key = _tax_key(line.tax)
+        tax = line.tax
+        _check_tax(tax, "order.lines", i)
+        key = TaxKey(tax.category, tax.rate, tax.exemption_code)
         base.append(LineInput(line.quantity, line.unit_price, key, line.discount_amount))
         if share:
-            adjustments[key] = adjustments.get(key, Decimal(0)) + share
+            adjustments[key] = adjustments.get(key, _ZERO) + share
         lines.append(
             LinePlan(
                 product_sku=line.sku,
@@ -493,34 +512,37 @@ def _price_order(order: Order, options: MappingOptions) -> _Priced:
                 quantity=line.quantity,
                 unit_price=line.unit_price,
                 discount=line.discount_amount + share,
-                tax_percent=line.tax.rate,
+                tax_percent=tax.rate,
                 is_inclusive=inclusive,
-                tax_category=line.tax.category,
-                tax_exemption_code=line.tax.exemption_code,
+                tax_category=tax.category,
+                tax_exemption_code=tax.exemption_code,
             )
         )
     for i, ship in enumerate(order.shipping):
-        _check_tax(ship.tax, f"order.shipping[{i}].tax")
-        key = _tax_key(ship.tax)
-        base.append(LineInput(Decimal(1), ship.amount, key, ship.discount_amount))
+        tax = ship.tax
+        _check_tax(tax, "order.shipping", i)
+        key = TaxKey(tax.category, tax.rate, tax.exemption_code)
+        base.append(LineInput(_ONE, ship.amount, key, ship.discount_amount))
         lines.append(
             LinePlan(
                 product_sku=options.shipping_sku,
                 description=options.shipping_name,
-                quantity=Decimal(1),
+                quantity=_ONE,
                 unit_price=ship.amount,
                 discount=ship.discount_amount,
-                tax_percent=ship.tax.rate,
+                tax_percent=tax.rate,
                 is_inclusive=inclusive,
-                tax_category=ship.tax.category,
-                tax_exemption_code=ship.tax.exemption_code,
+                tax_category=tax.category,
+                tax_exemption_code=tax.exemption_code,
             )
         )
     expected = compute_document(
         base,
         currency=cur,
         prices_include_tax=inclusive,
-        order_discounts=[Adjustment(amount, key) for key, amount in adjustments.items()],
+        order_discounts=[Adjustment(amount, key) for key, amount in adjustments.items()]
+        if adjustments
+        else (),
     )
     if not adjustments:
         # No order discount was spread: the lines as sent are the lines computed.
@@ -653,33 +675,33 @@ def plan_document(
     kind = document_kind(event, options=options)
     if kind is None:
         return None
-    key = ledger_key(event, options=options)
+    key = _ledger_key(event, kind)
+    idem_key = idempotency_key(key)  # first, as always: an id that cannot be encoded fails here
     issue_date = event.occurred_at.astimezone(ZoneInfo(options.timezone)).date()
     order = event.order
 
-    # Without its order (only a cancellation may omit it) the credit note mirrors the original
-    # invoice; every other plan fills in this one.
-    mirror = DocumentPlan(
-        kind=kind,
-        ledger_key=key,
-        idempotency_key=idempotency_key(key),
-        reference=f"{event.order_id}-CN-cancel",
-        invoice_reference=event.order_id,
-        invoice_kind=None,
-        issue_date=issue_date,
-        due_date=None,
-        status=options.status,
-        inventory_id=options.inventory_id,
-        currency=None,
-        customer=None,
-        products=(),
-        lines=(),
-        reason=event.reason or _DEFAULT_REASON,
-        mirror_invoice=True,
-        create_missing_products=options.create_missing_products,
-    )
     if order is None:
-        return mirror
+        # Without its order (only a cancellation may omit it) the credit note mirrors the
+        # original invoice.
+        return DocumentPlan(
+            kind=kind,
+            ledger_key=key,
+            idempotency_key=idem_key,
+            reference=f"{event.order_id}-CN-cancel",
+            invoice_reference=event.order_id,
+            invoice_kind=None,
+            issue_date=issue_date,
+            due_date=None,
+            status=options.status,
+            inventory_id=options.inventory_id,
+            currency=None,
+            customer=None,
+            products=(),
+            lines=(),
+            reason=event.reason or _DEFAULT_REASON,
+            mirror_invoice=True,
+            create_missing_products=options.create_missing_products,
+        )
 
     invoice_kind = _check_buyer(order.customer)
     priced = _price_order(order, options)
@@ -704,20 +726,28 @@ def plan_document(
         )
         expected, declared = sent, None
 
-    return replace(
-        mirror,
-        mirror_invoice=False,
+    # Built once, directly: ``dataclasses.replace`` on a mirror plan cost two constructions.
+    return DocumentPlan(
+        kind=kind,
+        ledger_key=key,
+        idempotency_key=idem_key,
         reference=reference,
+        invoice_reference=event.order_id,
         invoice_kind=invoice_kind,
+        issue_date=issue_date,
         due_date=due_date,
+        status=options.status,
+        inventory_id=options.inventory_id,
         currency=order.currency,
         customer=_customer_plan(order.customer),
         products=_products(order, lines, options),
         lines=lines,
         reason=reason,
+        mirror_invoice=False,
         expected=expected,
         sent=sent,
         declared_total=declared,
+        create_missing_products=options.create_missing_products,
     )
 
 

@@ -74,6 +74,16 @@ ISO_4217_CODES: frozenset[str] = frozenset(
 )
 
 
+#: The minor unit of every code above as a ready ``Decimal`` step (``Decimal("0.01")`` for SAR).
+#: ``quantize`` runs a dozen times per document on the consumer's hot path; building the step
+#: with ``scaleb`` and ``upper()`` each time cost more than the rounding itself. The values are
+#: exactly what ``Decimal(1).scaleb(-minor_units(code))`` gives, exponent included.
+_UNITS: dict[str, Decimal] = {
+    code: Decimal(1).scaleb(-_MINOR_UNITS.get(code, 2))
+    for code in ISO_4217_CODES | _MINOR_UNITS.keys()
+}
+
+
 def minor_units(currency: str) -> int:
     """Decimals of ``currency`` (ISO 4217): 3 for KWD, 0 for JPY, 2 for SAR and the default."""
     return _MINOR_UNITS.get(currency.upper(), 2)
@@ -81,12 +91,17 @@ def minor_units(currency: str) -> int:
 
 def unit(currency: str) -> Decimal:
     """The smallest amount of ``currency``: 0.01 for SAR, 1 for JPY, 0.001 for KWD."""
-    return Decimal(1).scaleb(-minor_units(currency))
+    step = _UNITS.get(currency)
+    if step is None:  # lower case or not an ISO code: the slow path, never cached
+        step = Decimal(1).scaleb(-minor_units(currency))
+    return step
 
 
 def quantize(amount: Decimal, currency: str) -> Decimal:
     """Round ``amount`` half up to the minor unit of ``currency`` (15.925 SAR -> 15.93)."""
-    return amount.quantize(unit(currency), rounding=ROUND_HALF_UP)
+    # Rounding by position: CPython's decimal parses a keyword argument slower than it rounds.
+    # A step is never zero, so ``or`` only falls back for codes outside ``_UNITS``.
+    return amount.quantize(_UNITS.get(currency) or unit(currency), ROUND_HALF_UP)
 
 
 def split_proportionally(
@@ -104,6 +119,12 @@ def split_proportionally(
     """
     step = unit(currency)
     total = total.quantize(step)
+    if total == 0 and weights and all(w > 0 for w in weights):
+        # Most orders have no order discount. With every weight positive each share of a
+        # zero total is ``total`` itself (0 x w / sum keeps its sign and rounds to its
+        # exponent), so the arithmetic below would only confirm it. A zero, negative or NaN
+        # weight takes the full path, which raises exactly as before.
+        return (total,) * len(weights)
     if total < 0 or any(w < 0 for w in weights):
         raise ValueError("total and weights must not be negative")
     weight_sum = sum(weights, _ZERO)
@@ -196,8 +217,25 @@ class DocumentTotals:
     document_vat_in_tax_currency: Decimal | None = None
 
 
-def _rate(key: TaxKey) -> Decimal:
-    return key.rate / _HUNDRED
+class _Group:
+    """Running sums of one tax group while ``compute_document`` walks lines and adjustments.
+
+    One mutable record per key means one dict lookup per line instead of four, and the rate
+    and the inclusive-price divisor are computed once per group instead of once per line. A
+    line whose key equals the group's but spells the rate differently (``15`` vs ``15.00``)
+    gets the same results: rate and divisor only enter products and quotients that are then
+    rounded with ``quantize``, where equal values give equal results whatever their exponent.
+    """
+
+    __slots__ = ("adjust", "divisor", "gross", "nets", "rate", "tax")
+
+    def __init__(self, tax: TaxKey) -> None:
+        self.tax = tax  # the first key met, as the group's subtotal reports it
+        self.rate = tax.rate / _HUNDRED
+        self.divisor = 1 + self.rate
+        self.gross = _ZERO  # sum of line amounts a
+        self.nets = _ZERO  # sum of line nets
+        self.adjust: Decimal | None = None  # charges minus discounts; None: the group has none
 
 
 def compute_document(
@@ -222,49 +260,67 @@ def compute_document(
     """
     if (tax_currency is None) != (exchange_rate is None):
         raise ValueError("tax_currency and exchange_rate go together")
+    step = unit(currency)  # looked up once: q runs about eight times per line
 
     def q(amount: Decimal) -> Decimal:
-        return quantize(amount, currency)
+        return amount.quantize(step, ROUND_HALF_UP)  # see quantize: no keyword on purpose
 
     with localcontext() as ctx:
         ctx.prec = 50
         results: list[LineResult] = []
-        gross: dict[TaxKey, Decimal] = {}
-        nets: dict[TaxKey, Decimal] = {}
-        adjust: dict[TaxKey, Decimal] = {}
+        groups: dict[TaxKey, _Group] = {}
+        line_net_sum = _ZERO
         for line in lines:
-            a = q(line.quantity * line.unit_price) - q(line.discount_amount)
-            a += q(line.charge_amount)
-            r = _rate(line.tax)
+            tax = line.tax
+            a = q(line.quantity * line.unit_price)
+            if line.discount_amount or line.charge_amount or not a:
+                a = a - q(line.discount_amount) + q(line.charge_amount)
+            # else: subtracting and adding a rounded zero would give back this very ``a``
+            # (same digits and exponent; only a zero ``a`` could change sign), so skip it.
+            group = groups.get(tax)
+            if group is None:
+                group = groups[tax] = _Group(tax)
             if prices_include_tax:
-                net = q(a / (1 + r))
+                net = q(a / group.divisor)
                 vat = a - net
             else:
                 net = a
-                vat = q(a * r)
-            results.append(LineResult(line.tax, a, net, vat, net + vat))
-            gross[line.tax] = gross.get(line.tax, _ZERO) + a
-            nets[line.tax] = nets.get(line.tax, _ZERO) + net
-        for sign, adjustments in ((-1, order_discounts), (1, order_charges)):
-            for adj in adjustments:
-                gross.setdefault(adj.tax, _ZERO)
-                nets.setdefault(adj.tax, _ZERO)
-                adjust[adj.tax] = adjust.get(adj.tax, _ZERO) + sign * q(adj.amount)
+                vat = q(a * group.rate)
+            results.append(LineResult(tax, a, net, vat, net + vat))
+            group.gross += a
+            group.nets += net
+            line_net_sum += net
+        if order_discounts or order_charges:
+            for sign, adjustments in ((-1, order_discounts), (1, order_charges)):
+                for adj in adjustments:
+                    group = groups.get(adj.tax)
+                    if group is None:
+                        group = groups[adj.tax] = _Group(adj.tax)
+                    previous = _ZERO if group.adjust is None else group.adjust
+                    group.adjust = previous + sign * q(adj.amount)
 
         subtotals: list[TaxSubtotal] = []
-        for key, line_nets in nets.items():
-            r = _rate(key)
-            if key not in adjust:
+        taxable_sum = vat_sum = _ZERO
+        for group in groups.values():
+            line_nets = group.nets
+            adjustments_net: Decimal | None = None
+            if group.adjust is None:
                 taxable = line_nets
-            elif prices_include_tax:
-                taxable = q((gross[key] + adjust[key]) / (1 + r))
             else:
-                taxable = line_nets + adjust[key]
-            adjustments_net = line_nets - taxable if key in adjust else None
-            subtotals.append(TaxSubtotal(key, line_nets, taxable, q(taxable * r), adjustments_net))
+                if prices_include_tax:
+                    taxable = q((group.gross + group.adjust) / group.divisor)
+                else:
+                    taxable = line_nets + group.adjust
+                adjustments_net = line_nets - taxable
+            tax_amount = q(taxable * group.rate)
+            subtotals.append(
+                TaxSubtotal(group.tax, line_nets, taxable, tax_amount, adjustments_net)
+            )
+            taxable_sum += taxable
+            vat_sum += tax_amount
 
-        taxable_amount = q(sum((s.taxable_amount for s in subtotals), _ZERO))
-        document_vat = q(sum((s.tax_amount for s in subtotals), _ZERO))
+        taxable_amount = q(taxable_sum)
+        document_vat = q(vat_sum)
         total = taxable_amount + document_vat
         prepaid = q(prepaid_amount)
         vat_in_tax_currency = None
@@ -275,7 +331,7 @@ def compute_document(
             prices_include_tax=prices_include_tax,
             lines=tuple(results),
             tax_subtotals=tuple(subtotals),
-            line_net_total=q(sum((r.net for r in results), _ZERO)),
+            line_net_total=q(line_net_sum),
             taxable_amount=taxable_amount,
             document_vat=document_vat,
             total_with_vat=total,

@@ -35,7 +35,6 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from structlog.contextvars import bound_contextvars
 
 from worker.errors import (
     ConfigurationFault,
@@ -45,7 +44,7 @@ from worker.errors import (
     TokenUnavailable,
     TransientError,
 )
-from worker.logs import get_logger
+from worker.logs import event_context, get_logger
 from worker.metrics import (
     COMMIT_FAILURES,
     CONSUMER_LAG,
@@ -341,7 +340,7 @@ class Pipeline:
         first_failure: float | None = None
         # The Kafka key is the order id by contract; it rides on every line of this event.
         order = record.key.decode("utf-8", "replace")[:100] if record.key is not None else None
-        with bound_contextvars(
+        with event_context(
             topic=record.topic, partition=record.partition, offset=record.offset, order_id=order
         ):
             while True:

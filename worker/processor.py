@@ -26,7 +26,6 @@ from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from aiokafka.structs import ConsumerRecord
-from structlog.contextvars import bound_contextvars
 
 from worker.api import AccountingApi
 from worker.errors import (
@@ -40,7 +39,7 @@ from worker.errors import (
 )
 from worker.events import ORDER_CANCELLED, OrderEvent, parse_event
 from worker.ledger import ClaimStatus, Ledger, LedgerKey
-from worker.logs import get_logger
+from worker.logs import event_context, get_logger
 from worker.mapping import (
     DocumentPlan,
     MappingOptions,
@@ -170,7 +169,7 @@ class EventProcessor:
             return HandleResult(_event_type(decoded), "duplicate")
         results = []
         for event in decoded.events:
-            with bound_contextvars(
+            with event_context(
                 order_id=event.order_id, event_type=event.event_type, event_id=event.event_id
             ):
                 try:
