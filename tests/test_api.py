@@ -249,6 +249,31 @@ class TestErrorMapping:
             await api.find_product("SKU-1")
         leak_scan.exc(caught.value)
 
+    async def test_waiting_for_a_slot_does_not_count_against_the_timeout(
+        self, sbx: Sandbox
+    ) -> None:
+        """Six requests through two slots, each answered in 0.2 s with a 0.35 s timeout: the
+        later ones wait 0.2-0.4 s for a slot, and none of them times out; at most two are at
+        the API at once."""
+        settings = settings_for(sbx.url, timeout_s=0.35)
+        async with (
+            build_auth(settings) as auth,
+            AccountingApi(settings.api, auth=auth, max_connections=2) as api,
+        ):
+            await api.find_product("SKU-warm")  # the token fetch is not part of the timed calls
+            sbx.set_faults(Faults(rules=(FaultRule(latency_ms=200),)))
+            peak = 0
+
+            async def one(i: int) -> None:
+                nonlocal peak
+                peak = max(peak, 2 - api._slots._value)
+                await api.find_product(f"SKU-{i}")
+
+            started = asyncio.get_running_loop().time()
+            await asyncio.gather(*(one(i) for i in range(6)))
+            assert asyncio.get_running_loop().time() - started >= 0.6  # three rounds of two
+            assert peak <= 2
+
     async def test_connection_refused(self, api_factory: ApiFactory, sbx: Sandbox) -> None:
         """Nobody listening on the API port raises ConnectionFailed."""
         with socket_port() as port:

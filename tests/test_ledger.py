@@ -170,3 +170,63 @@ class TestUnavailable:
                 other.close()
             claim = await led.claim(KEY, idempotency_key="k", reference="r", event_id="e")
             assert claim.status is ClaimStatus.NEW
+
+
+class TestSqliteOnTheLoop:
+    async def test_lock_released_in_time_is_waited_for_off_the_loop(self, tmp_path: Path) -> None:
+        """A batch that meets a locked file waits on the ledger thread; the loop runs on."""
+        import asyncio
+        import sqlite3
+
+        path = tmp_path / "l.db"
+        async with open_ledger(LedgerSettings(url=f"sqlite:///{path}", timeout_s=5)) as led:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.create_task(tick())
+            claim = asyncio.create_task(
+                led.claim(KEY, idempotency_key="k", reference="r", event_id="e")
+            )
+            await asyncio.sleep(0.3)
+            assert not claim.done()
+            other.execute("ROLLBACK")
+            other.close()
+            assert (await claim).status is ClaimStatus.NEW
+            ticker.cancel()
+            assert ticks >= 10  # the loop kept running while the batch waited
+
+    async def test_wal_is_checkpointed_while_writing(self, tmp_path: Path) -> None:
+        """Automatic checkpoints are off on the loop's connection; the thread keeps the WAL
+        from growing without bound."""
+        import asyncio
+
+        from worker import ledger as ledger_module
+
+        path = tmp_path / "l.db"
+        async with open_ledger(LedgerSettings(url=f"sqlite:///{path}")) as led:
+            payload = "x" * 4000  # about one page per row
+
+            async def write(start: int) -> None:
+                for i in range(start, start + 300):
+                    key = LedgerKey("s", "invoice", f"o{i}", "")
+                    await led.claim(key, idempotency_key="k", reference="r", event_id="e")
+                    await led.complete(key, document_id=str(i), payload=payload)
+
+            await write(0)
+            wal = Path(f"{path}-wal")
+            grown = wal.stat().st_size  # noqa: ASYNC240 - a stat, in a test
+            ledger_module._CHECKPOINT_EVERY_S = 0.0
+            try:
+                await write(300)
+                await asyncio.sleep(0.2)
+                await write(600)  # the checkpoint lets the WAL restart from its beginning
+            finally:
+                ledger_module._CHECKPOINT_EVERY_S = 1.0
+            assert wal.stat().st_size <= grown * 1.5  # noqa: ASYNC240 - a stat, in a test

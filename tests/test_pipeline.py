@@ -24,7 +24,7 @@ from worker.errors import (
     RateLimited,
 )
 from worker.kafka import consumer_options
-from worker.pipeline import HandleResult, OffsetTracker, Pipeline
+from worker.pipeline import EVENTS_PER_API_SLOT, HandleResult, OffsetTracker, Pipeline
 from worker.settings import Settings
 
 Record = ConsumerRecord[bytes, bytes]
@@ -251,7 +251,7 @@ class TestOrderingAndCommits:
         for key, offsets in handler.seen.items():
             assert offsets == sorted(offsets), key
         assert sum(len(v) for v in handler.seen.values()) == len(items)
-        assert 1 < handler.max_running <= 64
+        assert 1 < handler.max_running <= EVENTS_PER_API_SLOT * 64
 
     async def test_commit_never_passes_an_unfinished_event(
         self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
@@ -471,15 +471,17 @@ class TestShutdown:
     async def test_stop_does_not_start_events_waiting_for_a_slot(
         self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
     ) -> None:
-        """Distinct keys queued behind max_in_flight do not start once a stop is requested."""
+        """Distinct keys queued behind the event slots do not start once a stop is requested."""
         topic = await topic_factory("slots", partitions=1)
         await _produce(kafka_bootstrap, topic, [(f"k{i}".encode(), b"v") for i in range(20)])
         running_now = asyncio.Event()
         release = asyncio.Event()
 
+        slots = EVENTS_PER_API_SLOT * 2
+
         async def script(record: Record) -> None:
-            if record.offset < 2:
-                if record.offset == 1:
+            if record.offset < slots:
+                if record.offset == slots - 1:
                     running_now.set()
                 await release.wait()
 
@@ -491,5 +493,5 @@ class TestShutdown:
         await asyncio.sleep(0.1)
         release.set()
         await asyncio.wait_for(running.task, 30)
-        assert sorted(o for _, o in handler.done) == [0, 1]
-        assert (await running.committed(topic, 1))[0] == 2
+        assert sorted(o for _, o in handler.done) == list(range(slots))
+        assert (await running.committed(topic, 1))[0] == slots

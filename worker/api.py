@@ -26,6 +26,7 @@ no error message carries a header, a token or a raw response body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -74,9 +75,11 @@ class AccountingApi(Lifecycle):
     """Async client of the accounting API; an async context manager owning its session.
 
     ``auth`` is started and closed by its owner (compose both in one ``AsyncExitStack``).
-    ``max_connections`` bounds the connection pool; size it to ``pipeline.max_in_flight``
-    so every in-flight event can hold one connection. Pass ``session`` to share a pool (it
-    is then not closed here).
+    ``max_connections`` bounds the requests in flight (``pipeline.max_in_flight``) and the
+    connection pool. A request waits for its turn *before* its timeout starts: a request
+    queued behind slow ones must not time out for having waited (aiohttp counts the wait
+    for a pooled connection against the timeout). Pass ``session`` to share a pool (it is
+    then not closed here).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class AccountingApi(Lifecycle):
         self._session = session
         self._own_session = session is None
         self._max_connections = max_connections
+        self._slots = asyncio.Semaphore(max_connections)
         self._root = settings.base_url.rstrip("/")
         self._state = "new"
         # Metric children, looked up once per label combination instead of per request.
@@ -243,6 +247,7 @@ class AccountingApi(Lifecycle):
         session = self._session
         if self._state != "running" or session is None:
             raise RuntimeError(f"AccountingApi is {self._state}, not running")
+        await self._slots.acquire()
         started = time.perf_counter()
         status: int | None = None
         failure: InvoiceSyncError | None = None
@@ -264,6 +269,7 @@ class AccountingApi(Lifecycle):
                 error_kind=type(exc).__name__,
             )
         finally:
+            self._slots.release()
             self._observe(endpoint, method, status, time.perf_counter() - started)
         if failure is not None:
             # Raised outside the except block: no __context__ points at the aiohttp error.

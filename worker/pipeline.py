@@ -3,8 +3,9 @@
 What one event *does* lives in :mod:`worker.processor`; this module owns how events flow:
 
 * **Ordering.** Records with the same Kafka key (the order id) run strictly one after the
-  other; different keys run concurrently, up to ``max_in_flight``, across and within
-  partitions.
+  other; different keys run concurrently, across and within partitions: up to
+  ``EVENTS_PER_API_SLOT * max_in_flight`` events at once, of which at most ``max_in_flight``
+  are calling the API (the API client holds that bound).
 * **Commits.** Each partition's committed offset is its lowest unfinished offset
   (:class:`OffsetTracker`), committed with explicit offsets for assigned partitions only,
   every ``commit_interval_s``. A failed commit is logged and counted; the next one covers it.
@@ -58,10 +59,19 @@ from worker.metrics import (
 from worker.retry import Backoff, RetryPolicy
 from worker.settings import Settings
 
-__all__ = ["HandleResult", "Handler", "OffsetTracker", "Pipeline", "RetriesExhausted"]
+__all__ = [
+    "EVENTS_PER_API_SLOT",
+    "HandleResult",
+    "Handler",
+    "OffsetTracker",
+    "Pipeline",
+    "RetriesExhausted",
+]
 
 log = get_logger(__name__)
 
+#: Events that may run per ``max_in_flight`` API slot (see ``Pipeline.__init__``).
+EVENTS_PER_API_SLOT = 2
 _POLL_TIMEOUT_MS = 200
 _FINAL_COMMIT_TIMEOUT_S = 10.0
 _LAG_REFRESH_S = 5.0
@@ -199,7 +209,12 @@ class Pipeline:
             self._p.config_fault_backoff_max_s,
             rng,
         )
-        self._sem = asyncio.Semaphore(self._p.max_in_flight)
+        # Twice as many events run as API requests may be in flight (the API client holds that
+        # bound): while max_in_flight events wait for the API, as many more parse, map and
+        # claim their ledger rows, so a slot freed by an answer is taken at once instead of
+        # after that work. Measured in S2 of the benchmark: +15 % over one times, and four
+        # times was no better than two.
+        self._sem = asyncio.Semaphore(EVENTS_PER_API_SLOT * self._p.max_in_flight)
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         # key -> items waiting for (or being processed by) that key's task; guards ordering.
         self._chains: dict[Any, deque[_Item]] = {}

@@ -302,7 +302,9 @@ class MappingSettings(_Group):
 class PipelineSettings(_Group):
     """Concurrency, retries and shutdown of the main job."""
 
-    max_in_flight: int = Field(64, ge=1, description="Events processed concurrently at most.")
+    max_in_flight: int = Field(
+        64, ge=1, description="API requests in flight at most (twice as many events run)."
+    )
     max_buffered: int = Field(1000, ge=1, description="Events held in memory before pausing.")
     max_attempts: int = Field(8, ge=1, description="Attempts per event for transient failures.")
     max_retry_s: float = Field(300.0, gt=0, description="Time budget per event for retries.")
