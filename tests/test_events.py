@@ -200,6 +200,14 @@ class TestInvalid:
         assert error.message.startswith(f"{path}:"), error.message
         assert error.details["event_id"] == "evt-0001"
 
+    @pytest.mark.parametrize("currency", [["SAR"], {"code": "SAR"}, 682, None])
+    def test_currency_of_the_wrong_type_is_invalid_not_a_crash(self, currency: Any) -> None:
+        """A list or object where the currency code belongs is a contract violation (it once
+        raised a bare TypeError, which the pipeline would retry as an internal error)."""
+        data = _paid()
+        data["order"]["currency"] = currency
+        assert _invalid(data).message.startswith("order.currency:")
+
     def test_message_never_contains_the_payload(self) -> None:
         """Names, emails and VAT numbers stay out of the message and details."""
         data = _paid()

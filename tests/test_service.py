@@ -4,6 +4,7 @@ once, dead letters with original bytes, a crash mid-stream, and SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from worker.broker import publish_records
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import read_dead_letters
 from worker.sandbox import DEMO_CLIENT_SECRET, FaultRule, Faults, Sandbox
-from worker.service import run_service
+from worker.service import run_service, tune_gc
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,3 +283,14 @@ class TestReadiness:
         assert "wrong-secret-value" not in answer[1] + worker.log_text()
         assert sandbox.stats()["token_errors"].get("invalid_client", 0) >= 1
         assert await worker.terminate() == 0
+
+
+def test_tune_gc_freezes_start_up_objects_only() -> None:
+    """What is alive at start-up leaves the collector's generations; thresholds stay."""
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 10_000  # modules, validators, settings...
+        assert gc.get_threshold() == threshold
+    finally:
+        gc.unfreeze()

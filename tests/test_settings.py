@@ -184,3 +184,17 @@ class TestClearErrors:
     def test_log_level_any_case(self) -> None:
         """INVOICE_SYNC_LOGGING__LEVEL=info works like INFO."""
         assert load_settings(logging={"level": "info"}).logging.level == "INFO"
+
+
+class TestKafkaOptions:
+    def test_fetch_bounds_reach_the_consumer(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Memory-bounding fetch sizes and the fetch wait are passed to aiokafka as set."""
+        from worker.kafka import consumer_options
+
+        monkeypatch.setenv("INVOICE_SYNC_KAFKA__MAX_PARTITION_FETCH_BYTES", "262144")
+        monkeypatch.setenv("INVOICE_SYNC_KAFKA__FETCH_MAX_BYTES", "4194304")
+        monkeypatch.setenv("INVOICE_SYNC_KAFKA__FETCH_MAX_WAIT_MS", "20")
+        opts = consumer_options(load_settings().kafka)
+        assert opts["max_partition_fetch_bytes"] == 262144
+        assert opts["fetch_max_bytes"] == 4194304
+        assert opts["fetch_max_wait_ms"] == 20

@@ -27,7 +27,6 @@ no error message carries a header, a token or a raw response body.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import orjson
 
 from worker import __version__
 from worker.auth import Auth, Response, bearer_challenge, parse_retry_after, require_secure_url
@@ -52,7 +52,7 @@ from worker.errors import (
 )
 from worker.lifecycle import Lifecycle
 from worker.logs import get_logger, scrub
-from worker.metrics import API_LATENCY, API_REQUESTS, status_class
+from worker.metrics import API_LATENCY, API_REQUESTS, labelled, status_class
 from worker.settings import ApiSettings
 
 __all__ = ["AccountingApi"]
@@ -103,9 +103,6 @@ class AccountingApi(Lifecycle):
         self._slots = asyncio.Semaphore(max_connections)
         self._root = settings.base_url.rstrip("/")
         self._state = "new"
-        # Metric children, looked up once per label combination instead of per request.
-        self._counters: dict[tuple[str, str, str], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
 
     def __repr__(self) -> str:
         return f"AccountingApi(base_url={self._root!r}, auth={self._auth!r}, state={self._state!r})"
@@ -277,16 +274,8 @@ class AccountingApi(Lifecycle):
         return resp
 
     def _observe(self, endpoint: str, method: str, status: int | None, seconds: float) -> None:
-        key = (endpoint, method, status_class(status))
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = API_REQUESTS.labels(*key)
-        counter.inc()
-        hkey = (endpoint, method)
-        histogram = self._histograms.get(hkey)
-        if histogram is None:
-            histogram = self._histograms[hkey] = API_LATENCY.labels(*hkey)
-        histogram.observe(seconds)
+        labelled(API_REQUESTS, endpoint, method, status_class(status)).inc()
+        labelled(API_LATENCY, endpoint, method).observe(seconds)
         if _std_log.isEnabledFor(logging.DEBUG):  # skip structlog's processors when off
             _log.debug(
                 "api request", endpoint=endpoint, method=method, status=status, seconds=seconds
@@ -316,8 +305,8 @@ class AccountingApi(Lifecycle):
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = orjson.loads(body)  # every answer is parsed on the hot path
+    except ValueError:  # orjson.JSONDecodeError, also for bytes that are not UTF-8
         return None
     return doc if isinstance(doc, dict) else None
 

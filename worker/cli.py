@@ -40,9 +40,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from worker.logs import configure_logging
-    from worker.service import run_service
+    from worker.service import run_service, tune_gc
 
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    tune_gc()
     try:
         return asyncio.run(run_service(settings))
     except Exception as exc:

@@ -577,7 +577,9 @@ def parse_event_dict(data: dict[str, Any], *, key: bytes | None = None) -> Order
 
     order = data.get("order")
     currency = order.get("currency") if isinstance(order, dict) else None
-    context = {"currency": currency} if currency in ISO_4217_CODES else {}
+    context = (
+        {"currency": currency} if isinstance(currency, str) and currency in ISO_4217_CODES else {}
+    )
     try:
         # The core validator directly: model_validate only forwards to it, and this is the
         # hot path of the consumer.

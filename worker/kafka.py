@@ -42,6 +42,8 @@ def consumer_options(kafka: KafkaSettings, *, group: bool = True) -> dict[str, A
         "request_timeout_ms": kafka.request_timeout_ms,
         # aiokafka's default (500 ms) is added to the latency of every event on a quiet topic.
         "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
+        "max_partition_fetch_bytes": kafka.max_partition_fetch_bytes,
+        "fetch_max_bytes": kafka.fetch_max_bytes,
         # No value/key deserializer: a poison record must reach our code as bytes.
         **security_options(kafka),
     }

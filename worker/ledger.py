@@ -42,7 +42,7 @@ import asyncpg
 from worker.errors import LedgerUnavailable
 from worker.lifecycle import Lifecycle
 from worker.logs import get_logger
-from worker.metrics import LEDGER_LATENCY
+from worker.metrics import LEDGER_LATENCY, labelled
 from worker.settings import LedgerSettings
 
 __all__ = [
@@ -148,7 +148,7 @@ class _Timer:
         self._t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        LEDGER_LATENCY.labels(self._op).observe(time.perf_counter() - self._t0)
+        labelled(LEDGER_LATENCY, self._op).observe(time.perf_counter() - self._t0)
 
 
 class Ledger(Lifecycle, abc.ABC):

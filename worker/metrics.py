@@ -8,6 +8,9 @@ templates, statuses are classes (``2xx``). Never an order id, a token, or an exc
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from worker import __version__
@@ -39,6 +42,7 @@ __all__ = [
     "TOKEN_RENEWALS_401",
     "event_type_label",
     "initialise_label_sets",
+    "labelled",
     "status_class",
 ]
 
@@ -190,3 +194,13 @@ def initialise_label_sets() -> None:
     for platform in ("salla", "zid", "shopify"):
         for outcome in PLATFORM_OUTCOMES:
             PLATFORM_EVENTS.labels(platform, outcome)
+
+
+@functools.lru_cache(maxsize=1024)
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per combination (label sets are small).
+
+    For the per-event hot path: ``labels()`` validates and locks on every call. Children are
+    never removed here, so a cached child stays the one the registry exports.
+    """
+    return metric.labels(*values)

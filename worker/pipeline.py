@@ -55,6 +55,7 @@ from worker.metrics import (
     PARTITIONS_PAUSED,
     RETRIES,
     event_type_label,
+    labelled,
 )
 from worker.retry import Backoff, RetryPolicy
 from worker.settings import Settings
@@ -412,7 +413,7 @@ class Pipeline:
                         return
                     continue
                 self._fault_clear()
-                EVENTS_CONSUMED.labels(event_type_label(result.event_type), result.outcome).inc()
+                labelled(EVENTS_CONSUMED, event_type_label(result.event_type), result.outcome).inc()
                 item.done = True
                 return
 

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka.structs import ConsumerRecord
 
 from worker.api import AccountingApi
+from worker.auth import encode_json
 from worker.errors import (
     ApiUnavailable,
     BadSignature,
@@ -47,7 +48,7 @@ from worker.mapping import (
     plan_document,
     subtract_credited,
 )
-from worker.metrics import DEDUPLICATED, DOCUMENTS_CREATED, PLATFORM_EVENTS
+from worker.metrics import DEDUPLICATED, DOCUMENTS_CREATED, PLATFORM_EVENTS, labelled
 from worker.pipeline import HandleResult
 from worker.platforms import DecodedRecord, PlatformConfig, decode_record, detect_format, header_map
 from worker.settings import Settings
@@ -261,7 +262,7 @@ class EventProcessor:
                 return HandleResult(event.event_type, "skipped")
             document, outcome = await self._create(kind, plan, body)
             await self._ledger.complete(
-                key, document_id=str(document["id"]), payload=json.dumps(body, default=str)
+                key, document_id=str(document["id"]), payload=encode_json(body).decode()
             )
         except PermanentEventError as exc:
             await self._ledger.record_error(key, reason=exc.reason, dead_lettered=True)
@@ -270,7 +271,7 @@ class EventProcessor:
             await self._ledger.record_error(key, reason=exc.reason, dead_lettered=False)
             raise
         if outcome == "created":
-            DOCUMENTS_CREATED.labels(kind).inc()
+            labelled(DOCUMENTS_CREATED, kind).inc()
         log.info(
             "document.created" if outcome == "created" else "document.reconciled",
             kind=kind,
@@ -336,12 +337,15 @@ class EventProcessor:
         else:
             assert plan.customer is not None
             contact_id = await self._contact_id(plan)
-            product_ids = {
-                p.sku: await self._product_id(
-                    p.sku, _inner(p.payload(), "product"), plan.create_missing_products
-                )
-                for p in plan.products
-            }
+            product_ids = {}
+            for p in plan.products:
+                # A cache hit (nearly always) costs a lookup, not a coroutine and a payload.
+                product_id = self._products.get(p.sku)
+                if product_id is None:
+                    product_id = await self._product_id(
+                        p.sku, _inner(p.payload(), "product"), plan.create_missing_products
+                    )
+                product_ids[p.sku] = product_id
         if plan.kind == "credit_note" and plan.ledger_key.refund_id is None:
             # A cancellation credits what earlier refunds left of the invoice.
             key = plan.ledger_key
@@ -382,6 +386,9 @@ class EventProcessor:
             if lookups
             else ("external_id", customer.external_id)
         )
+        cached = self._contacts.get(identity)
+        if cached is not None:
+            return cached
 
         async def load() -> int | str:
             for lookup in lookups:

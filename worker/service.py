@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -25,7 +26,7 @@ from worker.pipeline import Pipeline
 from worker.processor import EventProcessor
 from worker.settings import Settings
 
-__all__ = ["run_service"]
+__all__ = ["run_service", "tune_gc"]
 
 log = get_logger(__name__)
 
@@ -92,6 +93,21 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
             return 1
     log.info("worker.stopped")
     return 0
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the objects that live as long as the process.
+
+    Called by the CLI once everything is imported. What exists by then (modules, pydantic
+    validators, settings) is never garbage; ``gc.freeze`` moves it out of the collector's
+    generations, so the collections that the per-event allocations trigger no longer walk
+    it. Measured in a 60,000-event run (docs/benchmark.md): 1.01 -> 0.86 CPU-s per 1,000
+    invoices, peak RSS unchanged. Collecting the youngest generation less often as well
+    (every 10,000 allocations instead of 700) saved more CPU but let RSS climb from about
+    90 to 125 MB over the run, against the memory target, so the thresholds stay at
+    CPython's defaults.
+    """
+    gc.freeze()
 
 
 async def _watch_credentials(auth: Auth, health: HealthState) -> None:

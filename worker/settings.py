@@ -138,6 +138,16 @@ class KafkaSettings(_Group):
         le=5000,
         description="Longest a fetch waits for new records; bounds the latency of a quiet topic.",
     )
+    max_partition_fetch_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Bytes fetched per partition at most (bounds prefetched records in memory).",
+    )
+    fetch_max_bytes: int = Field(
+        52_428_800,
+        ge=1024,
+        description="Bytes per fetch response at most, all partitions together.",
+    )
     enable_idempotence: bool = Field(
         False, description="Idempotent DLQ producer (turn on for real Kafka; Tansu lacks it)."
     )
