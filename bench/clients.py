@@ -5,6 +5,11 @@
   ``Idempotency-Key``, same JSON encoder), with one token and the worker's concurrency, to
   a fresh sandbox with the same options. No Kafka, no ledger, no retries, no logging: what
   the sandbox and one Python client can do at best on this machine.
+* :func:`stripped_consumer`: the floor of this design. aiokafka, the contract check, the
+  mapping and the same POST, 64 at once, and nothing else: no ledger, no log line, no
+  per-key ordering, no retries, no metrics, no offset commits. What is left between it
+  and the ceiling is the cost of Kafka, ``parse_event`` and ``plan_document``; what is
+  left between the worker and it is the cost of exactly-once and of being observable.
 * :func:`serial_consumer`: the naive design. The worker's own parts (ledger, token
   provider, API client, :class:`~worker.processor.EventProcessor`) driven one record at a
   time with a commit after each, i.e. without the pipeline's concurrency.
@@ -14,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.events import BenchEvent
@@ -32,7 +39,7 @@ from worker.processor import EventProcessor, mapping_options
 from worker.sandbox import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from worker.settings import LedgerSettings, Settings
 
-__all__ = ["bench_settings", "post_ceiling", "serial_consumer"]
+__all__ = ["bench_settings", "post_ceiling", "serial_consumer", "stripped_consumer"]
 
 
 def bench_settings(*, bootstrap: str, topic: str, api_url: str, workdir: Path) -> Settings:
@@ -72,10 +79,10 @@ async def _create(
         return value
 
 
-async def _bodies(
+async def _resources(
     http: aiohttp.ClientSession, url: str, plans: Sequence[DocumentPlan]
-) -> list[tuple[bytes, str]]:
-    """Create each distinct contact and product once, then encode every invoice body."""
+) -> tuple[dict[str, int | str], dict[str, int | str]]:
+    """Create each distinct contact and product once: (contact ids, product ids)."""
     contacts: dict[str, int | str] = {}
     products: dict[str, int | str] = {}
     for plan in plans:
@@ -86,12 +93,40 @@ async def _bodies(
         for product in plan.products:
             if product.sku not in products:
                 products[product.sku] = await _create(http, url, "/2.0/products", product.payload())
+    return contacts, products
+
+
+async def _bodies(
+    http: aiohttp.ClientSession, url: str, plans: Sequence[DocumentPlan]
+) -> list[tuple[bytes, str]]:
+    """Create each distinct contact and product once, then encode every invoice body."""
+    contacts, products = await _resources(http, url, plans)
     out = []
     for plan in plans:
         assert plan.customer is not None
         body = plan.payload(contact_id=contacts[plan.customer.external_id], product_ids=products)
         out.append((encode_json(body), plan.idempotency_key))
     return out
+
+
+def _plans(events: Sequence[BenchEvent]) -> list[DocumentPlan]:
+    options = mapping_options(Settings.model_construct())
+    plans = []
+    for event in events:
+        plan = plan_document(parse_event(event.value, key=event.key), options=options)
+        assert plan is not None
+        plans.append(plan)
+    return plans
+
+
+def _client(concurrency: int) -> aiohttp.ClientSession:
+    """The session both baselines post with: the worker's headers and connection limit."""
+    headers = {
+        "Accept": "application/json",
+        "User-Agent": f"invoice-sync/{__version__}",
+    }
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    return aiohttp.ClientSession(connector=connector, headers=headers)
 
 
 async def post_ceiling(url: str, events: Sequence[BenchEvent], *, concurrency: int) -> None:
@@ -103,18 +138,8 @@ async def post_ceiling(url: str, events: Sequence[BenchEvent], *, concurrency: i
     Raises:
         RuntimeError: a post did not answer 201 (the ceiling would be meaningless).
     """
-    options = mapping_options(Settings.model_construct())
-    plans = []
-    for event in events:
-        plan = plan_document(parse_event(event.value, key=event.key), options=options)
-        assert plan is not None
-        plans.append(plan)
-    headers = {
-        "Accept": "application/json",
-        "User-Agent": f"invoice-sync/{__version__}",
-    }
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+    plans = _plans(events)
+    async with _client(concurrency) as http:
         http.headers["Authorization"] = f"Bearer {await _token(http, url)}"
         work = iter(await _bodies(http, url, plans))
         failures = 0
@@ -130,6 +155,71 @@ async def post_ceiling(url: str, events: Sequence[BenchEvent], *, concurrency: i
         await asyncio.gather(*(post_all() for _ in range(concurrency)))
     if failures:
         raise RuntimeError(f"{failures} ceiling posts did not answer 201")
+
+
+async def stripped_consumer(
+    url: str, events: Sequence[BenchEvent], *, bootstrap: str, topic: str, concurrency: int
+) -> float:
+    """Consume ``topic`` (holding ``events``) with the floor of this design; CPU s per 1,000.
+
+    Contacts and products are created before the clock starts, as the worker's caches hold
+    them in steady state. Then every record is parsed, mapped, encoded and posted inside
+    the measured run, ``concurrency`` at once, by one process as the worker is; the figure
+    is read from the sandbox's creation times by the caller. Returns this process's CPU
+    time per 1,000 invoices over the consuming part (the caller runs nothing else meanwhile).
+
+    Raises:
+        RuntimeError: a post did not answer 201.
+    """
+    options = mapping_options(Settings.model_construct())
+    settings = Settings.model_construct()
+    kafka = settings.kafka.model_copy(
+        update={"bootstrap_servers": bootstrap, "topics": [topic], "group_id": f"floor-{topic}"}
+    )
+    consumer = AIOKafkaConsumer(topic, **consumer_options(kafka))
+    queue: asyncio.Queue[tuple[bytes, bytes | None] | None] = asyncio.Queue(maxsize=2 * concurrency)
+    failures = 0
+    async with _client(concurrency) as http:
+        http.headers["Authorization"] = f"Bearer {await _token(http, url)}"
+        contacts, products = await _resources(http, url, _plans(events))
+
+        async def post_all() -> None:
+            nonlocal failures
+            while (record := await queue.get()) is not None:
+                plan = plan_document(parse_event(record[0], key=record[1]), options=options)
+                assert plan is not None
+                assert plan.customer is not None
+                body = plan.payload(
+                    contact_id=contacts[plan.customer.external_id], product_ids=products
+                )
+                key = plan.idempotency_key
+                headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+                async with http.post(
+                    f"{url}/2.0/invoices", data=encode_json(body), headers=headers
+                ) as response:
+                    orjson.loads(await response.read())
+                    failures += response.status != 201
+
+        await consumer.start()
+        try:
+            cpu_start = time.process_time()
+            posters = [asyncio.create_task(post_all()) for _ in range(concurrency)]
+            left = len(events)
+            while left:
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                for records in batch.values():
+                    for record in records:
+                        await queue.put((record.value or b"", record.key))
+                        left -= 1
+            for _ in posters:
+                await queue.put(None)
+            await asyncio.gather(*posters)
+            cpu = time.process_time() - cpu_start
+        finally:
+            await consumer.stop()
+    if failures:
+        raise RuntimeError(f"{failures} floor posts did not answer 201")
+    return 1000 * cpu / len(events)
 
 
 async def serial_consumer(

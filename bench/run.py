@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from aiokafka import AIOKafkaProducer
 
-from bench.clients import bench_settings, post_ceiling, serial_consumer
+from bench.clients import bench_settings, post_ceiling, serial_consumer, stripped_consumer
 from bench.events import BenchEvent, make_events, stamp, warmup_events
 from bench.harness import ROOT, SandboxProcess, WorkerProcess, create_topic, publish, read_metric
 from bench.profile import py_spy_path, start_py_spy, summarise
@@ -211,6 +211,26 @@ async def ceiling_run(events: Sequence[BenchEvent]) -> float:
     return _rate(done.invoices, done.first, done.last)
 
 
+@dataclass(frozen=True, slots=True)
+class FloorRun:
+    """The stripped consumer over S1's events (see ``bench.clients.stripped_consumer``)."""
+
+    per_s: float
+    cpu_s_per_1k: float
+
+
+async def floor_run(name: str, events: Sequence[BenchEvent], *, workdir: Path) -> FloorRun:
+    """S1's events through the floor of this design, on its own broker and sandbox."""
+    with TansuBroker(log_path=workdir / f"tansu-{name}.log") as broker:
+        async with SandboxProcess(_S1_SANDBOX) as sbx:
+            await publish(broker.bootstrap, name, events, partitions=_PARTITIONS)
+            cpu = await stripped_consumer(
+                sbx.url, events, bootstrap=broker.bootstrap, topic=name, concurrency=_CONCURRENCY
+            )
+            done = await sbx.progress()
+    return FloorRun(_rate(done.invoices, done.first, done.last), cpu)
+
+
 async def serial_run(name: str, count: int, *, workdir: Path) -> float:
     """The serial consumer in S2's sandbox; measured after a cache warm-up, like steady state."""
     customers = 20  # the steady-state cost per event does not depend on the pool size
@@ -308,6 +328,7 @@ async def run_all(
     s2_events = make_events(scale.s2_events, prefix="S2", seed=12)
     s1: list[WorkerRun] = []
     ceilings: list[float] = []
+    floors: list[FloorRun] = []
     s2: list[WorkerRun] = []
     serial: list[float] = []
     for i in range(1, scale.runs + 1):
@@ -315,12 +336,15 @@ async def run_all(
         s1_run = worker_run(f"s1-{i}", s1_events, sandbox=_S1_SANDBOX, env={}, workdir=workdir)
         s1.append(await _timed(f"S1 worker ({scale.s1_events:,} events)", s1_run))
         ceilings.append(await _timed("S1 ceiling client", ceiling_run(s1_events)))
+        floor_once = floor_run(f"floor-{i}", s1_events, workdir=workdir)
+        floors.append(await _timed("S1 stripped consumer (floor)", floor_once))
         s2_run = worker_run(f"s2-{i}", s2_events, sandbox=_S2_SANDBOX, env=_S2_ENV, workdir=workdir)
         s2.append(await _timed(f"S2 worker ({scale.s2_events:,} events)", s2_run))
         serial_once = serial_run(f"serial-{i}", scale.serial_events, workdir=workdir)
         serial.append(await _timed(f"S2 serial ({scale.serial_events} events)", serial_once))
         _say(
-            f"    S1 {s1[-1].per_s:,.0f}/s vs ceiling {ceilings[-1]:,.0f}/s; "
+            f"    S1 {s1[-1].per_s:,.0f}/s vs ceiling {ceilings[-1]:,.0f}/s "
+            f"(floor {floors[-1].per_s:,.0f}/s); "
             f"S2 {s2[-1].per_s:,.0f}/s vs serial {serial[-1]:,.1f}/s"
         )
     s2_rate = _median([r.per_s for r in s2])
@@ -344,13 +368,14 @@ async def run_all(
         profile_doc = {"s1_worker_per_s_while_sampled": round(run.per_s, 1), **summarise(raw)}
         if keep_profile is not None:
             shutil.copy(raw, keep_profile)
-    return _document(scale, s1, ceilings, s2, serial, latency, big, profile_doc)
+    return _document(scale, s1, ceilings, floors, s2, serial, latency, big, profile_doc)
 
 
 def _document(
     scale: Scale,
     s1: list[WorkerRun],
     ceilings: list[float],
+    floors: list[FloorRun],
     s2: list[WorkerRun],
     serial: list[float],
     latency: dict[str, Any],
@@ -358,6 +383,7 @@ def _document(
     profile: dict[str, Any],
 ) -> dict[str, Any]:
     s1_rate, ceiling = _median([r.per_s for r in s1]), _median(ceilings)
+    floor = _median([f.per_s for f in floors])
     s2_rate, serial_rate = _median([r.per_s for r in s2]), _median(serial)
     bound = _CONCURRENCY / (_API_LATENCY_MS / 1000)
     # Tokens: the worst S2 run (most fetches beyond the intervals elapsed) is the one shown.
@@ -393,8 +419,16 @@ def _document(
             "ceiling_per_s": round(ceiling, 1),
             "ratio": round(s1_rate / ceiling, 3),
             "target": 0.7,
+            # The floor of this design (Kafka + contract + mapping + POST, nothing else):
+            # ceiling -> floor is what parsing and mapping cost, floor -> worker what
+            # the ledger, ordering, logging and metrics cost.
+            "floor_per_s": round(floor, 1),
+            "floor_ratio": round(floor / ceiling, 3),
+            "worker_vs_floor": round(s1_rate / floor, 3),
+            "floor_cpu_s_per_1k": round(_median([f.cpu_s_per_1k for f in floors]), 3),
             "runs_worker_per_s": [round(r.per_s, 1) for r in s1],
             "runs_ceiling_per_s": [round(c, 1) for c in ceilings],
+            "runs_floor_per_s": [round(f.per_s, 1) for f in floors],
         },
         "s2": {
             "events": scale.s2_events,
@@ -449,6 +483,9 @@ def render(doc: dict[str, Any]) -> str:
         ("S1 worker vs raw ceiling (invoices/s)",
          f"{s1['worker_per_s']:,.0f} / {s1['ceiling_per_s']:,.0f}", f"{s1['ratio']:.2f}",
          ">= 0.70", ok["s1_ratio"]),
+        ("S1 floor (no ledger/log) vs raw ceiling",
+         f"{s1['floor_per_s']:,.0f} / {s1['ceiling_per_s']:,.0f}", f"{s1['floor_ratio']:.2f}",
+         "report", ""),
         ("S2 worker vs 64/0.05s bound (invoices/s)",
          f"{s2['worker_per_s']:,.0f} / {s2['bound_per_s']:,.0f}", f"{s2['ratio']:.2f}",
          ">= 0.85", ok["s2_ratio"]),
@@ -469,6 +506,8 @@ def render(doc: dict[str, Any]) -> str:
          f"{100 * mem['growth']:+.1f}%", "<= +10%", ok["rss_flat"]),
         ("Worker CPU per 1,000 invoices, S1 / S2 (s)",
          f"{cpu['s_per_1k']:.2f} / {cpu['s2_s_per_1k']:.2f}", "", "report", ""),
+        ("Floor CPU per 1,000 invoices, S1 (s)", f"{s1['floor_cpu_s_per_1k']:.2f}", "", "report",
+         ""),
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     header = ("metric", "worker / baseline", "ratio", "target", "")
