@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="resources",
         help="what the latency/error/reset/slow options below apply to",
     )
-    add("--latency-ms", type=float, default=0.0, help="fixed delay before each request")
+    add("--latency-ms", type=float, default=0.0, help="fixed time from each request to its answer")
     add("--latency-tail-ms", type=float, default=0.0, help="mean of an extra exponential delay")
     add(
         "--error-rate",

@@ -39,10 +39,13 @@ INJECTABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 class FaultRule(BaseModel):
     """Probabilistic faults for one target.
 
-    ``latency_ms`` is a fixed delay before the request is handled; ``latency_tail_ms`` adds
-    an exponentially distributed extra delay with that mean (so the mean delay is the sum,
-    with a long tail). ``error_rates`` maps a status (429, 500, 502, 503, 504) to the
-    probability of answering it instead of handling the request; 429 carries
+    ``latency_ms`` is a fixed time from the request's arrival to its answer: the request
+    is handled on arrival (a client that gives up sooner may find it committed, as with a
+    real API) and the answer held back for the rest; ``latency_tail_ms`` adds an
+    exponentially distributed extra delay with that mean (so the mean delay is the sum,
+    with a long tail). Injected statuses and resets are answered after the same delay.
+    ``error_rates`` maps a status (429, 500, 502, 503, 504) to the probability of answering
+    it instead of handling the request; 429 carries
     ``Retry-After: retry_after``. ``reset_rate`` closes the connection with no response.
     ``slow_success_rate`` handles (and commits) the request, then holds the response back
     for ``slow_success_delay`` seconds - longer than a sane client timeout.

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from worker.sandbox import admin, resources
 from worker.sandbox.config import SandboxConfig
-from worker.sandbox.faults import NO_FAULT, Decision, Faults, Target
+from worker.sandbox.faults import Decision, Faults, Target
 from worker.sandbox.oauth import REALM, revoke, token
 from worker.sandbox.state import STATE_KEY, SandboxState
 
@@ -73,24 +73,38 @@ async def _edge(request: web.Request, handler: Any) -> web.StreamResponse:
     elif path == "/oauth/token":
         state.token_request_times.append(time.monotonic())
     decision = state.faults.decide(target)
-    if decision is not NO_FAULT:
-        if decision.delay > 0:
-            await asyncio.sleep(decision.delay)
+    # Latency is the time from the request's arrival to its answer, as a server with
+    # parallel workers shows it: the request is handled on arrival and the answer held
+    # back for the rest of the delay. (Sleeping first would make every request due at the
+    # same moment queue behind the others' handling in this single-threaded server, so
+    # "50 ms" would read 65 ms at 64 concurrent requests.)
+    answer_at = asyncio.get_running_loop().time() + decision.delay
+    if decision.reset or decision.status is not None:
+        await _hold_until(answer_at)
         if decision.reset:
             return _drop(request)
-        if decision.status is not None:
-            state.requests_by_status[decision.status] += 1
-            return _injected(target, decision)
+        assert decision.status is not None
+        state.requests_by_status[decision.status] += 1
+        return _injected(target, decision)
     try:
         response: web.StreamResponse = await handler(request)
     except web.HTTPException as exc:
         state.requests_by_status[exc.status] += 1
+        await _hold_until(answer_at)
         raise
     state.requests_by_status[response.status] += 1
+    await _hold_until(answer_at)
     if decision.slow_delay > 0:
         # The write is committed; the client's timeout fires before it hears so.
         await asyncio.sleep(decision.slow_delay)
     return response
+
+
+async def _hold_until(when: float) -> None:
+    """Sleep until the loop's clock reads ``when`` (at once when it is already past)."""
+    delay = when - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def build_app(state: SandboxState) -> web.Application:
