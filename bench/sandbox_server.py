@@ -7,14 +7,18 @@ Two read-only routes are added for the benchmark, because ``/_sandbox/stats`` ha
 per-invoice creation times nor a cheap "how many so far" (it returns every reference, which
 would load the server being measured when polled every few milliseconds):
 
-* ``GET /_bench/progress``: invoice count, first and last creation time, token requests,
+* ``GET /_bench/progress``: invoices answered, first and last answer time, token requests,
   401s; a few bytes, cheap enough to poll at 20 Hz.
 * ``GET /_bench/created``: every invoice reference with its wall-clock creation time
   (``time.time()``, comparable with ``occurred_at`` stamped by another process on this
   machine), token request times on the same clock, and ``/_sandbox/stats`` minus its lists.
 
 Creation times come from a :class:`~worker.sandbox.ledger.Ledger` subclass that stamps
-each recorded reference; the sandbox package itself is unchanged. It runs in its own
+each recorded reference, and an outer middleware that moves the stamp to the moment the
+answer leaves: the sandbox records a document when the request arrives and holds the
+answer back for ``--latency-ms``, and the client learns of its invoice only then. So
+"created" below means "answered", and latency figures include the API's latency. The
+sandbox package itself is unchanged. It runs in its own
 process so the server never shares an event loop (or a GIL) with the worker, the
 ceiling client or the benchmark's polling.
 """
@@ -23,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -39,15 +45,57 @@ __all__ = ["BANNER", "TimedLedger", "main"]
 BANNER = "sandbox listening on "
 
 
+#: Indexes into ``TimedLedger.created_at`` recorded by the request being handled.
+_RECORDED: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "bench_recorded", default=None
+)
+
+
 @dataclass
 class TimedLedger(Ledger):
-    """A ledger that also notes when each reference was recorded (parallel to ``references``)."""
+    """A ledger that also notes when each reference was answered (parallel to ``references``).
+
+    ``first``/``last`` are the earliest and latest answer times, kept as they come so the
+    progress route does not scan the list.
+    """
 
     created_at: list[float] = field(default_factory=list)
+    first: float | None = None
+    last: float | None = None
+    answered_count: int = 0  # documents whose answer is ready (the bench posts invoices only)
 
     def _record_ref(self, reference: str) -> None:
         super()._record_ref(reference)
-        self.created_at.append(time.time())
+        recorded = _RECORDED.get()
+        if recorded is not None:
+            recorded.append(len(self.created_at))
+        self.created_at.append(time.time())  # replaced by the answer time (answered)
+
+    def answered(self, indexes: list[int]) -> None:
+        now = time.time()
+        for i in indexes:
+            self.created_at[i] = now
+        self.answered_count += len(indexes)
+        if indexes:
+            self.first = now if self.first is None else min(self.first, now)
+            self.last = now if self.last is None else max(self.last, now)
+
+
+def _answered(ledger: TimedLedger) -> Any:
+    """Outer middleware: stamp what a request recorded when its answer is ready."""
+
+    @web.middleware
+    async def stamp(request: web.Request, handler: Any) -> web.StreamResponse:
+        recorded: list[int] = []
+        token = _RECORDED.set(recorded)
+        try:
+            response: web.StreamResponse = await handler(request)
+        finally:
+            _RECORDED.reset(token)
+            ledger.answered(recorded)
+        return response
+
+    return stamp
 
 
 def _clock_offset() -> float:
@@ -57,12 +105,11 @@ def _clock_offset() -> float:
 
 def _routes(state: SandboxState, ledger: TimedLedger) -> list[web.RouteDef]:
     async def progress(request: web.Request) -> web.Response:
-        times = ledger.created_at
         return web.json_response(
             {
-                "invoices": len(ledger.invoices),
-                "first": times[0] if times else None,
-                "last": times[-1] if times else None,
+                "invoices": ledger.answered_count,
+                "first": ledger.first,
+                "last": ledger.last,
                 "token_requests": sum(state.token_requests.values()),
                 "auth_failures": sum(state.auth_failures.values()),
             }
@@ -92,6 +139,7 @@ async def _serve(args: argparse.Namespace) -> None:
     ledger = TimedLedger()
     state.ledger = ledger  # before the first request; nothing calls reset() in the bench
     app = build_app(state)
+    app.middlewares.insert(0, _answered(ledger))  # outside the sandbox's own middleware
     app.add_routes(_routes(state, ledger))
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
     await runner.setup()
