@@ -407,3 +407,18 @@ class TestEventContext:
         log.debug("two")
         assert [json.loads(x)["event"] for x in first.getvalue().splitlines()] == ["one"]
         assert [json.loads(x)["event"] for x in second.getvalue().splitlines()] == ["two"]
+
+
+class TestUnknownSettingsWarning:
+    def test_run_logs_one_warning_naming_the_variables(
+        self, json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """What `invoice-sync run` logs at start for a misspelt variable: names, no value."""
+        from worker.cli import _warn_unknown_settings
+
+        monkeypatch.setenv("INVOICE_SYNC_LOGGING_LEVEL", "value-never-logged")
+        _warn_unknown_settings()
+        (line,) = [x for x in _lines(json_logs) if x["event"] == "settings.unknown_variables"]
+        assert line["level"] == "warning"
+        assert "INVOICE_SYNC_LOGGING_LEVEL" in line["names"]
+        assert "value-never-logged" not in json_logs.getvalue()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker.errors import SettingsError
-from worker.settings import load_settings, settings_table_markdown
+from worker.settings import load_settings, settings_table_markdown, unknown_env_vars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,3 +198,35 @@ class TestKafkaOptions:
         assert opts["max_partition_fetch_bytes"] == 262144
         assert opts["fetch_max_bytes"] == 4194304
         assert opts["fetch_max_wait_ms"] == 20
+
+
+class TestUnknownVariables:
+    def test_single_underscore_typo_is_reported(self) -> None:
+        """A group joined with one underscore is named; real settings and other tools' are not."""
+        env = {
+            "INVOICE_SYNC_PIPELINE_MAX_IN_FLIGHT": "128",  # the typo: one underscore
+            "INVOICE_SYNC_PIPELINE__MAX_IN_FLIGHT": "64",
+            "INVOICE_SYNC_KAFKA": '{"topics": ["orders"]}',  # a whole group as JSON
+            "INVOICE_SYNC_OAUTH__CLIENT_SECRET_FILE": "/run/secrets/x",
+            "INVOICE_SYNC_SECRETS_DIR": "/run/secrets",
+            "INVOICE_SYNC_FOO": "1",
+            "PATH": "/usr/bin",
+        }
+        assert unknown_env_vars(env) == ["INVOICE_SYNC_FOO", "INVOICE_SYNC_PIPELINE_MAX_IN_FLIGHT"]
+
+    def test_unknown_name_inside_a_group_still_fails(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Inside a group the model refuses a misspelt name (not merely a warning)."""
+        _clean_env(monkeypatch)
+        monkeypatch.setenv("INVOICE_SYNC_PIPELINE__MAX_INFLIGHT", "3")
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_PIPELINE__MAX_INFLIGHT"):
+            load_settings()
+
+    def test_config_command_warns_without_the_value(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`invoice-sync config` names the ignored variable and the fix, never its value."""
+        env = _clean_env(monkeypatch) | {"INVOICE_SYNC_PIPELINE_MAX_IN_FLIGHT": "977"}
+        result = _cli("config", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "INVOICE_SYNC_PIPELINE_MAX_IN_FLIGHT is not a setting" in result.stderr
+        assert "INVOICE_SYNC_PIPELINE__MAX_IN_FLIGHT" in result.stderr
+        assert "977" not in result.stderr
+        assert json.loads(result.stdout)["pipeline"]["max_in_flight"] == 64

@@ -33,6 +33,10 @@ def _settings_or_exit() -> Settings:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
+    from worker.settings import unknown_env_vars
+
+    for name in unknown_env_vars():
+        print(f"invoice-sync: {name} is not a setting; ignored ({_UNKNOWN_HINT})", file=sys.stderr)
     print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
     return EXIT_OK
 
@@ -43,6 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from worker.service import run_service, tune_gc
 
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    _warn_unknown_settings()
     tune_gc()
     try:
         return asyncio.run(run_service(settings))
@@ -53,6 +58,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "worker.failed", error_type=type(exc).__name__, message=scrub(str(exc))[:500]
         )
         return EXIT_FAILURE
+
+
+_UNKNOWN_HINT = (
+    "a group and a name are joined by two underscores: INVOICE_SYNC_PIPELINE__MAX_IN_FLIGHT"
+)
+
+
+def _warn_unknown_settings() -> None:
+    """Log the ``INVOICE_SYNC_*`` variables no setting reads: usually a typo."""
+    from worker.logs import get_logger
+    from worker.settings import unknown_env_vars
+
+    unknown = unknown_env_vars()
+    if unknown:
+        get_logger("worker.cli").warning(
+            "settings.unknown_variables", names=unknown[:20], hint=_UNKNOWN_HINT
+        )
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,7 @@ __all__ = [
     "env_var_names",
     "load_settings",
     "masked_dump",
+    "unknown_env_vars",
     "url_security_problem",
 ]
 
@@ -590,6 +592,29 @@ def _describe(err: Any) -> str:
             loc.append(first)
     var = ENV_PREFIX + _DELIM.join(loc).upper() if loc else "settings"
     return f"{var}: {message}"
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``INVOICE_SYNC_*`` variables outside every group, which no setting reads (sorted).
+
+    An unknown name inside a group (``INVOICE_SYNC_PIPELINE__MAX_INFLIGHT``) is refused by
+    the group's model already. These are the rest, most often a group joined to its name
+    with one underscore instead of two (``INVOICE_SYNC_PIPELINE_MAX_IN_FLIGHT``), which the
+    settings would otherwise ignore without a word. Callers warn; start-up goes on, since
+    other tools may share the prefix. Only names are returned, never values.
+    """
+    env = os.environ if environ is None else environ
+    groups = {name.upper() for name, _ in _groups()}
+    unknown = []
+    for raw in env:
+        name = raw.upper()
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}SECRETS_DIR":
+            continue
+        rest = name.removeprefix(ENV_PREFIX)
+        if rest in groups or (rest.split(_DELIM, 1)[0] in groups and _DELIM in rest):
+            continue  # a whole group as JSON, or a name the group's model checks
+        unknown.append(raw)
+    return sorted(unknown)
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
