@@ -560,7 +560,7 @@ def render(doc: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs, one round (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs, one round (~2 min)")
     parser.add_argument("--runs", type=int, default=None, help="rounds to take medians of")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
     parser.add_argument("--output", type=Path, default=_RESULTS / "latest.json")

@@ -250,3 +250,31 @@ class TestClientOverrides:
         override = ClientOverride(client_id="someone-else", status=503, count=5)
         sandbox.set_faults(Faults(client_overrides=(override,)))
         assert (await _get(sandbox_http, sandbox, token)).status == 404
+
+
+class TestCommandLine:
+    @pytest.mark.parametrize(
+        ("options", "expected"),
+        [
+            (["--reset-rate", "2"], "reset_rate: Input should be less than or equal to 1"),
+            (["--error-rate", "418=0.5"], "error_rates: status 418 is not one of"),
+            (["--latency-ms", "-5"], "latency_ms: Input should be greater than or equal to 0"),
+        ],
+    )
+    def test_bad_option_is_one_line_on_stderr(self, options: list[str], expected: str) -> None:
+        """Bad fault options exit 2 with one readable line on stderr and nothing on stdout
+        (stdout carries only the "listening" banner that scripts wait for)."""
+        import subprocess
+        import sys
+
+        result = subprocess.run(
+            [sys.executable, "-m", "worker.sandbox", "--port", "0", *options],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.startswith("sandbox: invalid options: ")
+        assert expected in result.stderr
+        assert len(result.stderr.splitlines()) == 1

@@ -230,3 +230,23 @@ class TestUnknownVariables:
         assert "INVOICE_SYNC_PIPELINE__MAX_IN_FLIGHT" in result.stderr
         assert "977" not in result.stderr
         assert json.loads(result.stdout)["pipeline"]["max_in_flight"] == 64
+
+
+class TestTopicFormats:
+    def test_unknown_format_is_refused_at_load(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`config` and start-up refuse a format no decoder has, naming the topic, not the value."""
+        _clean_env(monkeypatch)
+        monkeypatch.setenv("INVOICE_SYNC_KAFKA__TOPIC_FORMATS", '{"orders": "hunter2"}')
+        with pytest.raises(SettingsError) as info:
+            load_settings()
+        assert "INVOICE_SYNC_KAFKA__TOPIC_FORMATS[orders]" in info.value.message
+        assert "hunter2" not in info.value.message
+
+    def test_settings_formats_are_the_decoders_formats(self) -> None:
+        """The settings' list of formats and the decoders' cannot drift apart."""
+        from typing import get_args
+
+        from worker.platforms import FORMATS
+        from worker.settings import SourceFormat
+
+        assert set(get_args(SourceFormat)) == {*FORMATS, "auto"}

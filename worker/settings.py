@@ -84,6 +84,10 @@ DEFAULT_SCOPES = (
 )
 
 
+#: What a topic's records are (``worker.platforms.FORMATS`` plus "auto"; a test keeps both equal).
+SourceFormat = Literal["v1", "salla", "zid", "shopify", "auto"]
+
+
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -110,9 +114,12 @@ class KafkaSettings(_Group):
     dlq_topic: str | None = Field(
         None, description="Dead-letter topic; default is `<source topic>.dlq`."
     )
-    topic_formats: dict[str, str] = Field(
+    topic_formats: dict[str, SourceFormat] = Field(
         default_factory=dict,
-        description="Source format per topic (v1, salla, zid, shopify); default v1.",
+        description=(
+            "Source format per topic (v1, salla, zid, shopify, auto); default auto: the"
+            " platforms.format_header header, else the platform's own headers, else v1."
+        ),
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How to reach the brokers."
@@ -590,7 +597,10 @@ def _describe(err: Any) -> str:
         first = message.split(" ", 1)[0]
         if isinstance(model, type) and issubclass(model, BaseModel) and first in model.model_fields:
             loc.append(first)
-    var = ENV_PREFIX + _DELIM.join(loc).upper() if loc else "settings"
+    # Past group and field, the rest is a key or an index inside a JSON value: topic_formats
+    # {"orders": ...} is INVOICE_SYNC_KAFKA__TOPIC_FORMATS[orders], not a variable of its own.
+    var = ENV_PREFIX + _DELIM.join(loc[:2]).upper() if loc else "settings"
+    var += "".join(f"[{part}]" for part in loc[2:])
     return f"{var}: {message}"
 
 

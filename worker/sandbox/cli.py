@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
+
+from pydantic import ValidationError
 
 from worker.sandbox.config import (
     ALL_SCOPES,
@@ -23,6 +26,9 @@ from worker.sandbox.config import (
 )
 from worker.sandbox.faults import FaultRule, Faults
 from worker.sandbox.server import run_sandbox
+
+#: The module docstring as ``--help`` shows it (reST literals read badly on a terminal).
+_HELP = (__doc__ or "").replace("``", "")
 
 __all__ = ["add_arguments", "add_parser", "config_from_args", "main", "run"]
 
@@ -130,8 +136,16 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; the exit code is 0 on a clean stop, 2 on bad options."""
     try:
         config = config_from_args(args)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        print(f"sandbox: invalid options: {exc}")
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: "
+            + str(err["msg"]).removeprefix("Value error, ")
+            for err in exc.errors(include_url=False)
+        ]
+        print(f"sandbox: invalid options: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"sandbox: invalid options: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_serve(config, args.host, args.port))
     return 0
@@ -142,7 +156,7 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "sandbox",
         help="run the sandbox accounting API (tests/demo only; never expose publicly)",
-        description=__doc__,
+        description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
@@ -150,6 +164,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m worker.sandbox", description=_HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))
