@@ -250,3 +250,21 @@ class TestTopicFormats:
         from worker.settings import SourceFormat
 
         assert set(get_args(SourceFormat)) == {*FORMATS, "auto"}
+
+
+class TestMalformedJson:
+    @pytest.mark.parametrize(
+        "name", ["INVOICE_SYNC_KAFKA__TOPICS", "INVOICE_SYNC_OAUTH__SCOPES", "INVOICE_SYNC_KAFKA"]
+    )
+    def test_names_the_variable_not_only_the_group(
+        self, monkeypatch: pytest.MonkeyPatch, name: str
+    ) -> None:
+        """A list/map variable that is not JSON is named itself; its value is not shown."""
+        _clean_env(monkeypatch)
+        monkeypatch.setenv("INVOICE_SYNC_KAFKA__AUTO_OFFSET_RESET", "latest")  # plain, not JSON
+        monkeypatch.setenv(name, "[sekrit-not-json")
+        with pytest.raises(SettingsError) as info:
+            load_settings()
+        assert info.value.message.startswith(f"invalid configuration: {name} holds a malformed")
+        assert "AUTO_OFFSET_RESET" not in info.value.message
+        assert "sekrit" not in info.value.message

@@ -26,7 +26,8 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -580,11 +581,42 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
     except (json.JSONDecodeError, PydanticSettingsError) as exc:
         group = re.search(r'field "(\w+)"', str(exc))
-        where = f"{ENV_PREFIX}{group.group(1).upper()}__*" if group else "a setting"
+        where = _malformed_json_vars(group.group(1)) if group else "a setting"
         raise SettingsError(
             f"invalid configuration: {where} holds a malformed JSON value; lists and maps are "
             f"JSON, e.g. {ENV_PREFIX}KAFKA__TOPICS='[\"orders\"]'"
         ) from None
+
+
+def _malformed_json_vars(group: str) -> str:
+    """The variables of ``group`` whose value is not JSON, among those that must be JSON.
+
+    pydantic-settings names only the group when a list or map value is not JSON; the
+    message should name the variable. Falls back to ``INVOICE_SYNC_<GROUP>__*``.
+    """
+    env = {k.upper(): v for k, v in os.environ.items()}
+    prefix = f"{ENV_PREFIX}{group.upper()}"
+    candidates = [prefix] if prefix in env else []  # the whole group as one JSON object
+    for name, field in env_var_names().items():
+        if name.startswith(prefix + _DELIM) and name in env and _is_json_field(field):
+            candidates.append(name)
+    bad = []
+    for name in candidates:
+        try:
+            json.loads(env[name])
+        except ValueError:
+            bad.append(name)
+    return " and ".join(bad) if bad else f"{prefix}{_DELIM}*"
+
+
+def _is_json_field(field: FieldInfo) -> bool:
+    """Whether pydantic-settings reads this field's variable as JSON (lists, maps, sets)."""
+    annotation = field.annotation
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    return any(
+        get_origin(a) in (list, dict, tuple, set, frozenset) or a in (list, dict, tuple, set)
+        for a in (options or (annotation,))
+    )
 
 
 def _describe(err: Any) -> str:
