@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from tests.corpus import corpus_file
 from worker.errors import (
@@ -358,10 +358,12 @@ class TestDetection:
             detect_format("t", {"x-event-source": "magento"}, CONFIG)
 
     def test_unknown_configured_format_refused_at_start(self) -> None:
-        """kafka.topic_formats with an unknown format is a settings error."""
-        settings = Settings(kafka=KafkaSettings(topic_formats={"orders": "woo"}))
+        """kafka.topic_formats with an unknown format is refused by the settings model when
+        they load, and by the decoders' own config if one is built without them."""
+        with pytest.raises(ValidationError, match="topic_formats"):
+            KafkaSettings(topic_formats={"orders": "woo"})  # type: ignore[dict-item]
         with pytest.raises(SettingsError, match="topic_formats"):
-            PlatformConfig.from_settings(settings)
+            PlatformConfig(topic_formats={"orders": "woo"})
 
     def test_headers_are_case_insensitive(self) -> None:
         """Header names are matched in lower case."""
