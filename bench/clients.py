@@ -171,8 +171,8 @@ async def stripped_consumer(
     Raises:
         RuntimeError: a post did not answer 201.
     """
-    options = mapping_options(Settings.model_construct())
     settings = Settings.model_construct()
+    options = mapping_options(settings)
     kafka = settings.kafka.model_copy(
         update={"bootstrap_servers": bootstrap, "topics": [topic], "group_id": f"floor-{topic}"}
     )

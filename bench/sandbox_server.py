@@ -55,8 +55,8 @@ _RECORDED: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
 class TimedLedger(Ledger):
     """A ledger that also notes when each reference was answered (parallel to ``references``).
 
-    ``first``/``last`` are the earliest and latest answer times, kept as they come so the
-    progress route does not scan the list.
+    ``first``/``last`` are the first and latest answer times, kept as answers come (in
+    clock order) so the progress route does not scan the list.
     """
 
     created_at: list[float] = field(default_factory=list)
@@ -77,8 +77,9 @@ class TimedLedger(Ledger):
             self.created_at[i] = now
         self.answered_count += len(indexes)
         if indexes:
-            self.first = now if self.first is None else min(self.first, now)
-            self.last = now if self.last is None else max(self.last, now)
+            if self.first is None:
+                self.first = now
+            self.last = now
 
 
 def _answered(ledger: TimedLedger) -> Any:

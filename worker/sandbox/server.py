@@ -90,10 +90,12 @@ async def _edge(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
     except web.HTTPException as exc:
         state.requests_by_status[exc.status] += 1
-        await _hold_until(answer_at)
+        if decision.delay > 0:
+            await _hold_until(answer_at)
         raise
     state.requests_by_status[response.status] += 1
-    await _hold_until(answer_at)
+    if decision.delay > 0:
+        await _hold_until(answer_at)
     if decision.slow_delay > 0:
         # The write is committed; the client's timeout fires before it hears so.
         await asyncio.sleep(decision.slow_delay)
