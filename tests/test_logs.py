@@ -196,6 +196,17 @@ class TestRedactSecrets:
         ed = {"event": "e", "partition": 2, "ok": True, "ratio": 0.5, "x": None}
         assert _redact(dict(ed)) == ed
 
+    def test_flat_line_scrubs_each_string_like_the_slow_path(self) -> None:
+        """A line of scalars is checked in one pass; what it finds is scrubbed per value."""
+        register_secret(TOKEN)
+        out = _redact({"event": "e", "a": "ok", "b": f"x {TOKEN} y", "n": 3, "secret": "s3cr3t"})
+        assert out == {"event": "e", "a": "ok", "b": f"x {REDACTED} y", "n": 3, "secret": REDACTED}
+
+    def test_match_straddling_two_values_redacts_neither(self) -> None:
+        """Joined, "Bearer" + newline + the next value look like a header; apart they are not."""
+        ed = {"event": "e", "hint": "send it as Bearer", "next": "abcdef123"}
+        assert _redact(dict(ed)) == ed
+
 
 class TestJsonPipeline:
     def test_structlog_record_has_every_field(self, json_logs: io.StringIO) -> None:

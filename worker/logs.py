@@ -186,7 +186,29 @@ class RedactSecrets:
     """
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return self._clean_mapping(event_dict)
+        flat = self._clean_flat(event_dict)
+        return flat if flat is not None else self._clean_mapping(event_dict)
+
+    @staticmethod
+    def _clean_flat(data: Mapping[Any, Any]) -> dict[Any, Any] | None:
+        """The usual line (scalar values only) with one scrub pass over all its strings.
+
+        ``None`` when a value is not a scalar or the pass found anything, and the caller
+        then cleans value by value. One pass over the joined strings finds every match a
+        pass per string would (no pattern needs what follows a match, and a match that
+        straddles two values only sends the line down the slow path), so "unchanged" here
+        means every value is clean. Measured on the invoice line (17 fields): 36 -> 32 us.
+        """
+        texts = []
+        for value in data.values():
+            if isinstance(value, str):
+                texts.append(value)
+            elif not (value is None or isinstance(value, bool | int | float)):
+                return None
+        joined = "\n".join(texts)
+        if scrub(joined) != joined:
+            return None
+        return {key: REDACTED if _names_credential(key) else value for key, value in data.items()}
 
     def _clean_mapping(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
         return {
