@@ -54,7 +54,8 @@ from bench.harness import ROOT, SandboxProcess, WorkerProcess, create_topic, pub
 from bench.profile import py_spy_path, start_py_spy, summarise
 from worker.broker import TansuBroker
 from worker.logs import configure_logging
-from worker.settings import OAuthSettings
+from worker.service import event_loop_factory
+from worker.settings import OAuthSettings, PipelineSettings
 
 T = TypeVar("T")
 
@@ -546,7 +547,8 @@ def render(doc: dict[str, Any]) -> str:
     load = doc["machine"]["load_avg_at_end"]
     lines += [
         "",
-        f"{doc['cores']} cores; load average at end {load[0]:.1f}; medians of "
+        f"{doc['cores']} cores; event loop {doc['machine'].get('event_loop', 'asyncio')}; "
+        f"load average at end {load[0]:.1f}; medians of "
         f"{doc['scale']['runs']} run(s).",
         "Throughput runs from the first invoice to the last (sandbox creation times), "
         "so worker start-up, group join and the first token fetch are excluded.",
@@ -574,8 +576,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level="ERROR")  # the serial baseline runs worker code in this process
     _RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="invoice-sync-bench-") as tmp:
-        doc = asyncio.run(
+    # The baselines that run in this process (ceiling, floor, serial) use the event loop
+    # the worker uses by default, so the ratios compare the worker's work, not two loops.
+    loop_factory = event_loop_factory(PipelineSettings().event_loop)
+    with (
+        tempfile.TemporaryDirectory(prefix="invoice-sync-bench-") as tmp,
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+    ):
+        doc = runner.run(
             run_all(
                 scale,
                 profile=not args.no_profile,
@@ -583,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep_profile=args.keep_profile,
             )
         )
+    doc["machine"]["event_loop"] = "uvloop" if loop_factory is not None else "asyncio"
     doc["bench_runtime_s"] = round(time.monotonic() - started)
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     _say()

@@ -19,7 +19,7 @@ from worker.broker import publish_records
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import read_dead_letters
 from worker.sandbox import DEMO_CLIENT_SECRET, FaultRule, Faults, Sandbox
-from worker.service import run_service, tune_gc
+from worker.service import event_loop_factory, run_service, tune_gc
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,6 +212,8 @@ class TestCrashAndSignals:
         )
         assert await worker.terminate() == 0
         assert worker.logged("worker.stopped")
+        # `run` drains on uvloop by default (pipeline.event_loop=auto, uvloop installed).
+        assert [e["event_loop"] for e in worker.logged("worker.started")] == ["uvloop"]
         created = set(sandbox.stats()["references"])
         assert len(created) < len(records), "SIGTERM came after everything was done"
         consumer = AIOKafkaConsumer(
@@ -294,3 +296,24 @@ def test_tune_gc_freezes_start_up_objects_only() -> None:
         assert gc.get_threshold() == threshold
     finally:
         gc.unfreeze()
+
+
+class TestEventLoop:
+    def test_auto_and_uvloop_choose_uvloop_asyncio_chooses_none(self) -> None:
+        """``auto`` takes uvloop when installed (a dependency); ``asyncio`` keeps asyncio's."""
+        import uvloop
+
+        assert event_loop_factory("auto") is uvloop.new_event_loop
+        assert event_loop_factory("uvloop") is uvloop.new_event_loop
+        assert event_loop_factory("asyncio") is None
+
+    def test_missing_uvloop_is_an_error_only_when_asked_for(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without uvloop, ``auto`` falls back to asyncio and ``uvloop`` says what is missing."""
+        import sys
+
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # import now raises ImportError
+        assert event_loop_factory("auto") is None
+        with pytest.raises(RuntimeError, match="uvloop is not installed"):
+            event_loop_factory("uvloop")

@@ -44,13 +44,15 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from worker.logs import configure_logging
-    from worker.service import run_service, tune_gc
+    from worker.service import event_loop_factory, run_service, tune_gc
 
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
     _warn_unknown_settings()
     tune_gc()
     try:
-        return asyncio.run(run_service(settings))
+        factory = event_loop_factory(settings.pipeline.event_loop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(run_service(settings))
     except Exception as exc:
         from worker.logs import get_logger, scrub
 

@@ -342,6 +342,11 @@ class PipelineSettings(_Group):
     stop_when_idle_s: float | None = Field(
         None, description="Exit after this long with no lag and nothing in flight (demo, bench)."
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="Event loop of `run`: uvloop (less CPU per invoice), asyncio, or auto "
+        "(uvloop where installed).",
+    )
 
 
 class HttpServerSettings(_Group):
