@@ -102,8 +102,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
 
     uvloop runs the loop, sockets and transports in C (libuv), which is where the worker
     spends much of its time between events: aiohttp's and aiokafka's reads and writes.
-    Measured in S1 of the benchmark, three alternating pairs of worker runs: 0.69, 0.65,
-    0.63 -> 0.62, 0.55, 0.54 CPU-ms per invoice (docs/benchmark.md).
+    Measured in 14 S1 worker runs alternating the two loops: 0.656 -> 0.595 CPU-ms per
+    invoice on average, peak RSS unchanged (docs/benchmark.md).
 
     Raises:
         RuntimeError: ``uvloop`` was asked for and is not installed.
