@@ -240,14 +240,42 @@ class TestRefreshTokens:
         assert second["refresh_token"] != first["refresh_token"]
         assert second["access_token"] != first["access_token"]
         assert await _status(sandbox_http, refreshing, second["access_token"]) == 404
+        status, third, _ = await _token(
+            sandbox_http, refreshing, {**refresh, "refresh_token": second["refresh_token"]}
+        )
+        assert status == 200  # the rotated token rotates in turn
+        assert await _status(sandbox_http, refreshing, third["access_token"]) == 404
         status, body, _ = await _token(
             sandbox_http, refreshing, {**refresh, "refresh_token": first["refresh_token"]}
         )
         assert (status, body["error"]) == (400, "invalid_grant")
-        status, _, _ = await _token(
+
+    async def test_replayed_refresh_token_revokes_its_whole_grant(
+        self, refreshing: Sandbox, sandbox_http: Http
+    ) -> None:
+        """RFC 9700 (security BCP): a spent refresh token used again ends its whole grant."""
+        creds = {"client_id": "r", "client_secret": "rs"}
+        _, first, _ = await _token(
+            sandbox_http, refreshing, {**creds, "grant_type": "client_credentials"}
+        )
+        _, other, _ = await _token(
+            sandbox_http, refreshing, {**creds, "grant_type": "client_credentials"}
+        )
+        refresh = {**creds, "grant_type": "refresh_token"}
+        _, second, _ = await _token(
+            sandbox_http, refreshing, {**refresh, "refresh_token": first["refresh_token"]}
+        )
+        status, body, _ = await _token(
+            sandbox_http, refreshing, {**refresh, "refresh_token": first["refresh_token"]}
+        )
+        assert (status, body["error"]) == (400, "invalid_grant")
+        assert await _status(sandbox_http, refreshing, second["access_token"]) == 401
+        status, body, _ = await _token(
             sandbox_http, refreshing, {**refresh, "refresh_token": second["refresh_token"]}
         )
-        assert status == 200
+        assert (status, body["error"]) == (400, "invalid_grant")
+        # Another grant of the same client is untouched.
+        assert await _status(sandbox_http, refreshing, other["access_token"]) == 404
 
     async def test_unknown_refresh_token_is_invalid_grant(
         self, refreshing: Sandbox, sandbox_http: Http

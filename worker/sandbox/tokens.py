@@ -114,17 +114,26 @@ class TokenRegistry:
         return record, ""
 
     def spend_refresh(self, value: str, client_id: str) -> TokenRecord | None:
-        """Invalidate a live refresh token of ``client_id`` and return it, else ``None``."""
+        """Invalidate a live refresh token of ``client_id`` and return it, else ``None``.
+
+        A spent or revoked refresh token presented again revokes its whole grant, as the
+        OAuth security BCP (RFC 9700) advises for refresh token reuse: either it leaked and
+        someone else rotated it first, or a client lost an answer; the server cannot tell
+        which, so neither copy may go on.
+        """
         record = self.records.get(value)
-        if (
-            record is None
-            or record.kind != "refresh"
-            or record.revoked
-            or record.client_id != client_id
-        ):
+        if record is None or record.kind != "refresh" or record.client_id != client_id:
+            return None
+        if record.revoked:
+            self._revoke_grant(record.grant_id)
             return None
         record.revoked = True
         return record
+
+    def _revoke_grant(self, grant_id: int) -> None:
+        for other in self.records.values():
+            if other.grant_id == grant_id:
+                other.revoked = True
 
     def revoke(self, value: str, client_id: str) -> bool:
         """RFC 7009: revoke a token the client owns; a refresh token takes its grant along."""
@@ -133,9 +142,7 @@ class TokenRegistry:
             return False
         record.revoked = True
         if record.kind == "refresh":
-            for other in self.records.values():
-                if other.grant_id == record.grant_id:
-                    other.revoked = True
+            self._revoke_grant(record.grant_id)
         return True
 
     def revoke_all(self) -> int:
