@@ -202,6 +202,14 @@ class TestRedactSecrets:
         out = _redact({"event": "e", "a": "ok", "b": f"x {TOKEN} y", "n": 3, "secret": "s3cr3t"})
         assert out == {"event": "e", "a": "ok", "b": f"x {REDACTED} y", "n": 3, "secret": REDACTED}
 
+    def test_one_pass_answers_clean_scalar_lines_only(self) -> None:
+        """The one-pass path answers a clean line of scalars; anything else goes value by value."""
+        register_secret(TOKEN)
+        clean = {"event": "e", "a": "ok", "n": 3, "x": None}
+        assert RedactSecrets._clean_flat(clean) == clean
+        assert RedactSecrets._clean_flat({"event": "e", "b": f"x {TOKEN}"}) is None
+        assert RedactSecrets._clean_flat({"event": "e", "cfg": {"a": "b"}}) is None
+
     def test_match_straddling_two_values_redacts_neither(self) -> None:
         """Joined, "Bearer" + newline + the next value look like a header; apart they are not."""
         ed = {"event": "e", "hint": "send it as Bearer", "next": "abcdef123"}

@@ -317,3 +317,24 @@ class TestEventLoop:
         assert event_loop_factory("auto") is None
         with pytest.raises(RuntimeError, match="uvloop is not installed"):
             event_loop_factory("uvloop")
+
+    def test_run_without_asked_for_uvloop_is_a_configuration_error(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`run` says so in one stderr line and exits 2, like every configuration error."""
+        import sys
+
+        from worker.cli import EXIT_CONFIG, main
+        from worker.logs import reset_logging
+
+        monkeypatch.setitem(sys.modules, "uvloop", None)
+        monkeypatch.setenv("INVOICE_SYNC_PIPELINE__EVENT_LOOP", "uvloop")
+        try:
+            assert main(["run"]) == EXIT_CONFIG
+        finally:
+            reset_logging()
+        err = capsys.readouterr().err
+        assert err.strip() == (
+            "invoice-sync: pipeline.event_loop is uvloop but uvloop is not installed"
+            " (pip install uvloop)"
+        )

@@ -48,9 +48,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
     _warn_unknown_settings()
-    tune_gc()
     try:
         factory = event_loop_factory(settings.pipeline.event_loop)
+    except RuntimeError as exc:  # uvloop asked for and missing: a configuration error
+        print(f"invoice-sync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    tune_gc()
+    try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(run_service(settings))
     except Exception as exc:

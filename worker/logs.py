@@ -194,10 +194,11 @@ class RedactSecrets:
         """The usual line (scalar values only) with one scrub pass over all its strings.
 
         ``None`` when a value is not a scalar or the pass found anything, and the caller
-        then cleans value by value. One pass over the joined strings finds every match a
-        pass per string would (no pattern needs what follows a match, and a match that
-        straddles two values only sends the line down the slow path), so "unchanged" here
-        means every value is clean. Measured on the invoice line (17 fields): 36 -> 32 us.
+        then cleans value by value. Why "unchanged" means every value is clean: the
+        patterns anchor only with ``\b`` at a match's start, where the newline separator
+        acts like a string's edge, so whatever matches inside one value matches in the
+        joined text too; a match that straddles two values changes the text and sends the
+        line down the slow path. Measured on the invoice line (17 fields): 36 -> 32 us.
         """
         texts = []
         for value in data.values():
