@@ -14,6 +14,7 @@ import pytest
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from worker import logs
 from worker.logs import (
     REDACTED,
     RedactSecrets,
@@ -116,6 +117,26 @@ class TestScrub:
     def test_credential_shapes_are_scrubbed(self, text: str, expected: str) -> None:
         """Bearer/Basic values, secret pairs, URL passwords and token shapes are scrubbed."""
         assert scrub(text) == expected
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "client_\u017fecret=abcdef123456",  # long s: re.I matches it as "s"
+            "api_\u212aey=abcdef123456",  # Kelvin sign for "k"
+            "pa\u017f\u017fword=abcdef123456",
+            "Authorization: Bearer abcdef123456 for \u0623\u062d\u0645\u062f",  # Arabic name
+            "access_token=abcdef123456",
+        ],
+    )
+    def test_pre_checks_never_skip_what_a_pattern_matches(self, text: str) -> None:
+        """The substring shortcuts answer the same as running every pattern, look-alikes too."""
+        expected = logs._AUTH_VALUE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+        expected = logs._SECRET_PAIR.sub(
+            lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", expected
+        )
+        expected = logs._TOKEN_SHAPES.sub(REDACTED, expected)
+        assert scrub(text) == expected
+        assert "abcdef123456" not in expected
 
     def test_setting_names_in_errors_stay_readable(self) -> None:
         """A settings error that names a password setting keeps its message."""
@@ -359,8 +380,6 @@ class TestReset:
 class TestSecretRegistry:
     def test_rotating_tokens_are_bounded_but_configured_secrets_stay(self) -> None:
         """Old issued tokens fall out of the registry; the client secret never does."""
-        from worker import logs
-
         logs.forget_secrets()
         try:
             logs.register_secret("client-secret-value")

@@ -156,14 +156,19 @@ def scrub(text: str) -> str:
     pattern = _known_pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
+    # The substring pre-checks only skip work, so they may only answer for ASCII text: with
+    # re.I a pattern also matches Unicode look-alikes ("ſ" for s, the Kelvin sign for k)
+    # that str.lower() keeps as they are, and a pre-check would then skip a line its
+    # pattern matches. Non-ASCII text runs every pattern.
+    ascii_only = text.isascii()
     low = text.lower()
-    if "bearer" in low or "basic" in low:
+    if not ascii_only or "bearer" in low or "basic" in low:
         text = _AUTH_VALUE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    if _may_hold_pair(low):
+    if not ascii_only or _may_hold_pair(low):
         text = _SECRET_PAIR.sub(lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", text)
     if "://" in text and "@" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{REDACTED}@", text)
-    if "sbx_" in low or "eyj" in low:
+    if not ascii_only or "sbx_" in low or "eyj" in low:
         text = _TOKEN_SHAPES.sub(REDACTED, text)
     return text
 
