@@ -82,6 +82,7 @@ class TestOptions:
         assert options.shipping_sku == "SHIPPING"
         assert options.status == "Approved"
         assert options.timezone == "Asia/Riyadh"
+        assert options.currency == "SAR"
         assert options.total_tolerance == Decimal("0.05")
         assert options.create_missing_products is True
 
@@ -341,6 +342,41 @@ class TestTotals:
         plan = _plan(_simple(lines, inclusive=True, discount=None, total=paid))
         assert plan.expected is not None
         assert plan.expected.total_with_vat == Decimal(computed)
+
+
+class TestCurrency:
+    def test_order_in_another_currency_is_refused_before_its_totals(self) -> None:
+        """A KWD order is not booked as the same figures in SAR: unmappable, currency named."""
+        data = _b2b()
+        data["order"]["currency"] = "KWD"
+        data["order"]["totals"]["total"] = "1.000"  # wrong too: the currency is reported first
+        with pytest.raises(UnmappableOrder, match=r"order\.currency: KWD .* books SAR") as info:
+            _plan(data)
+        assert info.value.details["currency"] == "KWD"
+
+    def test_refund_of_an_order_in_another_currency_is_refused(self) -> None:
+        """A credit note in a currency the ledger does not book is refused like the invoice."""
+        data = _data("order.refunded.json")
+        data["order"]["currency"] = "USD"
+        with pytest.raises(UnmappableOrder, match=r"order\.currency: USD"):
+            _plan(data)
+
+    def test_configured_currency_is_the_one_booked(self) -> None:
+        """With mapping.currency KWD, a KWD order is planned and a SAR order refused."""
+        data = _simple([("2", "1.250")], inclusive=False, discount=None, total="2.875")
+        data["order"]["currency"] = "KWD"
+        plan = _plan(data, MappingOptions(currency="KWD"))
+        assert plan.currency == "KWD"
+        assert plan.expected is not None
+        assert plan.expected.total_with_vat == Decimal("2.875")
+        with pytest.raises(UnmappableOrder, match=r"order\.currency: SAR"):
+            _plan(_b2b(), MappingOptions(currency="KWD"))
+
+    def test_cancellation_without_order_mirrors_the_invoice(self) -> None:
+        """A cancellation that carries no order has no currency to check: it mirrors."""
+        data = _data("order.cancelled.json")
+        data.pop("order", None)
+        assert _plan(data, MappingOptions(currency="KWD")).mirror_invoice
 
 
 class TestTaxRules:

@@ -59,24 +59,34 @@ def _mixed_records() -> tuple[list[DemoRecord], list[DemoRecord]]:
         paid.headers,
         "dlq:bad_signature",
     )
-    # Shopify's own fixture, validly signed: its published tax does not add up (SOURCES.md).
+    # Shopify's own fixture, validly signed: a USD order, which a SAR ledger cannot book.
     fixture = _corpus("shopify", "orders-paid.json").read_bytes()
-    quirk = DemoRecord(
-        b"450789469",
-        fixture,
+    foreign = _shopify_record(
+        fixture.replace(b"450789469", b"450789470"), b"450789470", "dlq:unmappable_order"
+    )
+    # The same fixture in SAR: its published tax does not add up (SOURCES.md).
+    in_sar = fixture.replace(b'currency": "USD"', b'currency": "SAR"')
+    quirk = _shopify_record(in_sar, b"450789469", "dlq:total_mismatch")
+    records = [*v1[:10], *platform[:6], forged, *v1[10:], *platform[6:], quirk, foreign]
+    return records, [forged, quirk, foreign]
+
+
+def _shopify_record(body: bytes, key: bytes, expected: str) -> DemoRecord:
+    """A validly signed orders/paid webhook record."""
+    return DemoRecord(
+        key,
+        body,
         [
             ("x-event-source", b"shopify"),
             ("X-Shopify-Topic", b"orders/paid"),
-            ("X-Shopify-Event-Id", b"fixture-1"),
+            ("X-Shopify-Event-Id", b"fixture-" + key),
             (
                 "X-Shopify-Hmac-Sha256",
-                sign("shopify", fixture, DEMO_WEBHOOK_SECRETS["shopify"]).encode(),
+                sign("shopify", body, DEMO_WEBHOOK_SECRETS["shopify"]).encode(),
             ),
         ],
-        "dlq:total_mismatch",
+        expected,
     )
-    records = [*v1[:10], *platform[:6], forged, *v1[10:], *platform[6:], quirk]
-    return records, [forged, quirk]
 
 
 class TestMixedTopic:
@@ -111,6 +121,8 @@ class TestMixedTopic:
         quirk = next(d for d in letters if d.reason == "total_mismatch")
         assert quirk.info["detail-computed"] == "622.22"
         assert quirk.info["detail-declared"] == "598.94"
+        foreign = next(d for d in letters if d.reason == "unmappable_order")
+        assert foreign.info["detail-currency"] == "USD"
 
     async def test_replayed_topic_creates_nothing_new(
         self, kafka_bootstrap: str, topic_factory: TopicFactory, sandbox: Sandbox, tmp_path: Path

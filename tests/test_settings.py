@@ -164,9 +164,13 @@ class TestClearErrors:
         assert ok.oauth.token_url.startswith("https://")
 
     def test_mapping_values_checked_at_load(self) -> None:
-        """An unknown time zone or a non-decimal tolerance stops start-up with the rule."""
+        """An unknown time zone, a non-ISO currency or a non-decimal tolerance stop start-up."""
         with pytest.raises(SettingsError, match="INVOICE_SYNC_MAPPING__TIMEZONE"):
             load_settings(mapping={"timezone": "Mars/Base"})
+        for currency in ("sar", "SARR", "S1R"):
+            with pytest.raises(SettingsError, match="INVOICE_SYNC_MAPPING__CURRENCY"):
+                load_settings(mapping={"currency": currency})
+        assert load_settings(mapping={"currency": "KWD"}).mapping.currency == "KWD"
         with pytest.raises(SettingsError, match="INVOICE_SYNC_MAPPING__TOTAL_TOLERANCE"):
             load_settings(mapping={"total_tolerance": "abc"})
 

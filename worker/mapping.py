@@ -139,6 +139,8 @@ class MappingOptions:
     status: Literal["Approved", "Draft"] = "Approved"
     due_days: int = 0
     timezone: str = "Asia/Riyadh"
+    #: The accounting system's currency: its documents carry none, so amounts are booked in it.
+    currency: str = "SAR"
     total_tolerance: Decimal = Decimal("0.05")
     inventory_id: int | None = None
     #: Exposed for the I/O layer: when False it raises ``UnknownSku`` instead of creating.
@@ -703,6 +705,14 @@ def plan_document(
             create_missing_products=options.create_missing_products,
         )
 
+    if order.currency != options.currency:
+        # The API's documents have no currency field: a KWD order would be booked as the
+        # same figures in SAR. Refused before any other check, since no amount means anything.
+        raise UnmappableOrder(
+            f"order.currency: {order.currency} orders cannot be booked; the accounting system "
+            f"books {options.currency} (mapping.currency)",
+            currency=order.currency,
+        )
     invoice_kind = _check_buyer(order.customer)
     priced = _price_order(order, options)
     _check_declared(order, priced.expected, options)

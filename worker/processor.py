@@ -125,6 +125,7 @@ def mapping_options(settings: Settings) -> MappingOptions:
         status=m.document_status,
         due_days=m.due_days,
         timezone=m.timezone,
+        currency=m.currency,
         total_tolerance=Decimal(m.total_tolerance),
         inventory_id=settings.api.inventory_id,
         create_missing_products=m.create_missing_products,

@@ -291,6 +291,14 @@ class MappingSettings(_Group):
     shipping_sku: str = Field("SHIPPING", description="Service product used for shipping lines.")
     due_days: int = Field(0, ge=0, description="Due date = issue date + this many days.")
     timezone: str = Field("Asia/Riyadh", description="Zone that gives the issue date.")
+    currency: str = Field(
+        "SAR",
+        pattern=r"^[A-Z]{3}$",
+        description=(
+            "Currency the accounting system books (ISO 4217); documents carry no currency, so "
+            "an order in another is dead-lettered as unmappable_order."
+        ),
+    )
     total_tolerance: str = Field(
         "0.05", description="Largest |computed - declared| total accepted (decimal string)."
     )
