@@ -186,6 +186,9 @@ class TestInvalid:
             (lambda d: d["order"].update(currency="XXX"), "order"),
             (lambda d: d["order"].update(prices_include_tax="false"), "order.prices_include_tax"),
             (lambda d: d.update(occurred_at="2025-03-01T21:15:00"), "occurred_at"),
+            # Valid RFC 3339, but Asia/Riyadh (+03:00) is past datetime's last day.
+            (lambda d: d.update(occurred_at="9999-12-31T23:59:59Z"), "occurred_at"),
+            (lambda d: d.update(occurred_at="0001-01-01T00:00:00+05:00"), "occurred_at"),
             (lambda d: d["source"].pop("store_id"), "source.store_id"),
             (lambda d: d.pop("order"), "event"),
             (lambda d: d["order"]["totals"].pop("total"), "order.totals.total"),

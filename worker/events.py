@@ -34,7 +34,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, Literal
 
@@ -96,6 +96,8 @@ _MAX_AMOUNT = Decimal(10) ** 12
 _QUANTITY_DECIMALS = 6
 _RATE_DECIMALS = 2
 _DECIMAL_TEXT = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,20})?")
+_EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
+_LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
@@ -232,9 +234,14 @@ def _timestamp(value: object) -> datetime:
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2025-01-31T09:30:00Z")
     try:
-        return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValueError("is not a valid date and time") from exc
+    # A day from either end of datetime's range, so the mapping can move it into any zone
+    # (9999-12-31T23:59:59Z in Asia/Riyadh would overflow, an error no retry could mend).
+    if not _EARLIEST <= moment <= _LATEST:
+        raise ValueError("is outside the years 0001-9999 that every time zone can represent")
+    return moment
 
 
 Money = Annotated[Decimal, BeforeValidator(_money)]
