@@ -151,6 +151,20 @@ class EventProcessor:
         size, ttl = settings.pipeline.lookup_cache_size, settings.pipeline.lookup_cache_ttl_s
         self._contacts: TtlCache[tuple[str, str], int | str] = TtlCache(maxsize=size, ttl_s=ttl)
         self._products: TtlCache[str, int | str] = TtlCache(maxsize=size, ttl_s=ttl)
+        # Types outside the contract's four already logged (bounded: a topic cannot grow it).
+        self._unknown_types: set[str] = set()
+
+    def _note_unknown_type(self, event_type: str) -> None:
+        """Say once per type that events of a type outside the contract are skipped.
+
+        The contract lets producers publish other order events (``order.shipped``), so they
+        are not errors; but a misspelt ``order.payed`` would lose its invoice without a trace
+        in the logs if only a counter (``event_type="other"``) saw it.
+        """
+        if event_type in self._unknown_types or len(self._unknown_types) >= _UNKNOWN_TYPES_LOGGED:
+            return
+        self._unknown_types.add(event_type)
+        log.info("event.unknown_type_skipped", event_type=event_type, first_of_type=True)
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> HandleResult:
         """Process one record.
@@ -202,6 +216,8 @@ class EventProcessor:
     async def _handle_event(self, event: OrderEvent) -> HandleResult:
         kind = document_kind(event, options=self._options)
         if kind is None:
+            if not event.is_document_event:
+                self._note_unknown_type(event.event_type)
             log.debug("event.skipped")
             return HandleResult(event.event_type, "skipped")
         plan = plan_document(event, options=self._options)
@@ -437,6 +453,8 @@ def _id(resource: dict[str, Any]) -> int | str:
 
 
 #: Which result stands for a record that became several events (the most telling first).
+#: Distinct unknown event types logged per process; later ones only count in the metric.
+_UNKNOWN_TYPES_LOGGED = 100
 _OUTCOME_RANK = ("created", "reconciled", "void", "duplicate", "skipped")
 
 
