@@ -53,6 +53,24 @@ class TestClaims:
         assert entry is not None
         assert (entry.state, entry.payload, entry.idempotency_key) == ("done", '{"a": 1}', "k")
 
+    async def test_refund_payloads_with_and_without_the_cancellation(
+        self, ledger: Ledger, request: pytest.FixtureRequest
+    ) -> None:
+        """Done refund bodies, in order; the cancellation's only when asked for."""
+        for sub, body in (("RF-1", '{"n": 1}'), ("RF-2", '{"n": 2}'), ("cancel", '{"n": 3}')):
+            key = _key(request, "credit_note", sub)
+            await ledger.claim(key, idempotency_key=sub, reference=sub, event_id=sub)
+            await ledger.complete(key, document_id=sub, payload=body)
+        pending = _key(request, "credit_note", "RF-3")  # claimed, never completed
+        await ledger.claim(pending, idempotency_key="p", reference="p", event_id="p")
+        order = request.node.name
+        assert await ledger.refund_payloads("store-1", order) == ['{"n": 1}', '{"n": 2}']
+        assert await ledger.refund_payloads("store-1", order, with_cancellation=True) == [
+            '{"n": 1}',
+            '{"n": 2}',
+            '{"n": 3}',
+        ]
+
     async def test_void_blocks_a_later_invoice(
         self, ledger: Ledger, request: pytest.FixtureRequest
     ) -> None:

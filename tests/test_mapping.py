@@ -25,6 +25,7 @@ from worker.mapping import (
     DocumentPlan,
     LedgerKey,
     MappingOptions,
+    credit_excess,
     document_kind,
     idempotency_key,
     is_valid_saudi_vat,
@@ -377,6 +378,39 @@ class TestCurrency:
         data = _data("order.cancelled.json")
         data.pop("order", None)
         assert _plan(data, MappingOptions(currency="KWD")).mirror_invoice
+
+
+def _item(pid: int, quantity: str, price: str, discount: str = "0", kind: str = "amount") -> Any:
+    return {
+        "product_id": pid,
+        "quantity": quantity,
+        "unit_price": price,
+        "discount": discount,
+        "discount_type": kind,
+    }
+
+
+class TestCreditExcess:
+    INVOICE = (_item(1, "4", "208.69", "41.74"), _item(2, "1", "25.00", "10", "percentage"))
+
+    def test_refunds_within_the_invoice_fit(self) -> None:
+        """Credited 1 unit of 4; 3 more units (net of their discount share) still fit."""
+        credited = [_item(1, "1", "208.69", "10.44")]
+        new = [_item(1, "3", "208.69", "31.30")]
+        assert credit_excess(self.INVOICE, credited, new) == Decimal("0")
+
+    def test_excess_is_the_amount_beyond_what_is_left(self) -> None:
+        """Product 1 nets 793.02; after 793.02 credited, one more unit exceeds by its net."""
+        credited = [_item(1, "4", "208.69", "41.74")]
+        new = [_item(1, "1", "208.69", "10.44"), _item(2, "1", "25.00", "10", "percentage")]
+        # 198.25 for product 1 (nothing left); product 2 nets 22.50 and fits exactly.
+        assert credit_excess(self.INVOICE, credited, new) == Decimal("198.25")
+
+    def test_a_product_not_on_the_invoice_is_all_excess(self) -> None:
+        """Crediting a product the invoice never had exceeds by the whole line."""
+        assert credit_excess(self.INVOICE, [], [_item(9, "2", "1.005")], currency="KWD") == Decimal(
+            "2.010"
+        )
 
 
 class TestTaxRules:

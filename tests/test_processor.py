@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from worker.api import AccountingApi
 from worker.auth import build_auth
-from worker.errors import InsufficientScope, NoOriginalInvoice, UnknownSku
+from worker.errors import InsufficientScope, NoOriginalInvoice, UnknownSku, UnmappableOrder
 from worker.ledger import ClaimStatus, Ledger, LedgerKey, open_ledger
 from worker.logs import configure_logging, reset_logging
 from worker.mapping import LedgerKey as PlanKey
@@ -135,6 +135,44 @@ class TestDocuments:
         with pytest.raises(NoOriginalInvoice) as info:
             await processor.handle(_rec(_event("order.refunded.json")))
         assert info.value.details["event_type"] == "order.refunded"
+
+
+def _refund(refund_id: str, quantity: str, event_id: str) -> Rec:
+    data = _event("order.refunded.json", event_id=event_id)
+    data["refund"] = {**data["refund"], "refund_id": refund_id}
+    data["refund"]["lines"] = [{"line_id": "1", "quantity": quantity}]
+    return _rec(data)
+
+
+class TestOverCredit:
+    async def test_refunds_up_to_the_line_pass_and_one_more_is_refused(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """Four one-unit refunds of a four-unit line are credited; a fifth is unmappable."""
+        processor, ledger = await make_processor(sandbox)
+        await processor.handle(_rec(_event("order.paid.business-b2b.json")))
+        for i in range(1, 5):
+            result = await processor.handle(_refund(f"RF-{i}", "1", f"evt-rf-{i}"))
+            assert result.outcome == "created"
+        with pytest.raises(UnmappableOrder, match="more than is left of invoice ORD-1001") as info:
+            await processor.handle(_refund("RF-5", "1", "evt-rf-5"))
+        assert Decimal(str(info.value.details["excess"])) > Decimal("100")  # one unit, 208.69
+        assert sandbox.stats()["credit_notes"] == 4
+        entry = await ledger.get(LedgerKey("store-1001", "credit_note", "ORD-1001", "RF-5"))
+        assert entry is not None
+        assert (entry.state, entry.last_error) == ("dead_lettered", "unmappable_order")
+
+    async def test_refund_after_the_cancellation_credited_everything_is_refused(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """A cancellation credits the whole invoice; a later refund would credit it twice."""
+        processor, _ = await make_processor(sandbox)
+        await processor.handle(_rec(_event("order.paid.business-b2b.json")))
+        cancel = _event("order.cancelled.json", order_id="ORD-1001")
+        assert (await processor.handle(_rec(cancel))).outcome == "created"
+        with pytest.raises(UnmappableOrder, match="after 1 earlier credit note"):
+            await processor.handle(_refund("RF-9", "1", "evt-rf-9"))
+        assert sandbox.stats()["credit_notes"] == 1
 
 
 class TestReconciliation:

@@ -286,15 +286,22 @@ class Ledger(Lifecycle, abc.ABC):
             last_error=row[6],
         )
 
-    async def refund_payloads(self, store_id: str, order_id: str) -> list[str]:
-        """Bodies of the refund credit notes already created for an order (for cancellation)."""
+    async def refund_payloads(
+        self, store_id: str, order_id: str, *, with_cancellation: bool = False
+    ) -> list[str]:
+        """Bodies of the refund credit notes already created for an order.
+
+        A cancellation subtracts them; a refund checks itself against them and, with
+        ``with_cancellation``, against the cancellation's credit note too.
+        """
         with _Timer("lookup"):
             rows = await self._fetchall(
                 "SELECT payload FROM documents WHERE store_id={0} AND kind='credit_note'"
-                " AND order_id={1} AND sub_id <> 'cancel' AND state='done'"
+                " AND order_id={1} AND (sub_id <> 'cancel' OR {2}) AND state='done'"
                 " AND payload IS NOT NULL ORDER BY created_at",
                 store_id,
                 order_id,
+                with_cancellation,
             )
         return [str(r[0]) for r in rows]
 

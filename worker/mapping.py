@@ -82,6 +82,7 @@ __all__ = [
     "LinePlan",
     "MappingOptions",
     "ProductPlan",
+    "credit_excess",
     "document_kind",
     "idempotency_key",
     "is_valid_saudi_vat",
@@ -764,6 +765,48 @@ def plan_document(
 _DEFAULT_OPTIONS = MappingOptions()
 
 
+def credit_excess(
+    lines: Sequence[Mapping[str, object]],
+    credited: Sequence[Mapping[str, object]],
+    new: Sequence[Mapping[str, object]],
+    *,
+    currency: str | None = None,
+) -> Decimal:
+    """How much of the ``new`` credit note's lines exceeds what is left of the invoice.
+
+    ``lines`` are the invoice's line items, ``credited`` the lines of credit notes already
+    created for it. Matched per product, net of discounts, as :func:`subtract_credited`
+    matches them; zero when the new credit note fits. A second full refund, or a refund
+    after the cancellation credited the rest, exceeds by its whole amount: the worker must not
+    rely on the API to refuse a credit note that would credit the same sale twice.
+    """
+    cur = currency or "SAR"
+    left = _net_by_product(lines, cur)
+    for pid, amount in _net_by_product(credited, cur).items():
+        left[pid] = left.get(pid, Decimal(0)) - amount
+    excess = Decimal(0)
+    for pid, amount in _net_by_product(new, cur).items():
+        excess += max(Decimal(0), amount - max(Decimal(0), left.get(pid, Decimal(0))))
+    return excess
+
+
+def _line_net(line: Mapping[str, object], cur: str) -> Decimal:
+    """A line item's net amount as the API computes it: round(quantity x price) - discount."""
+    gross = quantize(Decimal(str(line["quantity"])) * Decimal(str(line["unit_price"])), cur)
+    discount = Decimal(str(line.get("discount") or "0"))
+    if line.get("discount_type") == "percentage":
+        discount = quantize(gross * discount / 100, cur)
+    return gross - discount
+
+
+def _net_by_product(lines: Sequence[Mapping[str, object]], cur: str) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for line in lines:
+        pid = str(line["product_id"])
+        totals[pid] = totals.get(pid, Decimal(0)) + _line_net(line, cur)
+    return totals
+
+
 def subtract_credited(
     lines: Sequence[Mapping[str, object]],
     credited: Sequence[Mapping[str, object]],
@@ -779,22 +822,11 @@ def subtract_credited(
     computes exactly the remaining net. Lines with nothing left are dropped.
     """
     cur = currency or "SAR"
-
-    def amount(line: Mapping[str, object]) -> Decimal:
-        gross = quantize(Decimal(str(line["quantity"])) * Decimal(str(line["unit_price"])), cur)
-        discount = Decimal(str(line.get("discount") or "0"))
-        if line.get("discount_type") == "percentage":
-            discount = quantize(gross * discount / 100, cur)
-        return gross - discount
-
-    to_take: dict[str, Decimal] = {}
-    for line in credited:
-        pid = str(line["product_id"])
-        to_take[pid] = to_take.get(pid, Decimal(0)) + amount(line)
+    to_take = _net_by_product(credited, cur)
     remaining: list[dict[str, object]] = []
     for line in lines:
         pid = str(line["product_id"])
-        available = amount(line)
+        available = _line_net(line, cur)
         take = min(available, to_take.get(pid, Decimal(0)))
         if take:
             to_take[pid] -= take

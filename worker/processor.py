@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -37,6 +37,7 @@ from worker.errors import (
     PermanentEventError,
     TransientError,
     UnknownSku,
+    UnmappableOrder,
 )
 from worker.events import ORDER_CANCELLED, OrderEvent, parse_event
 from worker.ledger import ClaimStatus, Ledger, LedgerKey
@@ -44,6 +45,7 @@ from worker.logs import event_context, get_logger
 from worker.mapping import (
     DocumentPlan,
     MappingOptions,
+    credit_excess,
     document_kind,
     plan_document,
     subtract_credited,
@@ -380,6 +382,8 @@ class EventProcessor:
                 line_items = subtract_credited(line_items, credited, currency=plan.currency)
                 if not line_items:
                     raise NothingToCredit(f"order {key.order_id} was refunded in full already")
+        elif plan.kind == "credit_note":
+            await self._check_refund_fits(plan, product_ids, parent_payload)
         body = plan.payload(
             contact_id=contact_id,
             product_ids=product_ids,
@@ -393,6 +397,45 @@ class EventProcessor:
             inner["parent_id"] = parent_id
             inner["reason"] = plan.reason or "refund"
         return body
+
+    async def _check_refund_fits(
+        self,
+        plan: DocumentPlan,
+        product_ids: Mapping[str, int | str],
+        parent_payload: Mapping[str, Any] | None,
+    ) -> None:
+        """Refuse a refund that would credit more of the invoice than earlier credit notes left.
+
+        A second full refund, or a refund after the cancellation credited the rest, would
+        credit one sale twice; an API that does not refuse it would book it. Checked against
+        the invoice and credit-note bodies in the ledger (a reconciled document has none, and
+        then the API's own limit is what is left), within ``mapping.total_tolerance``.
+
+        Raises:
+            UnmappableOrder: the refund exceeds what is left, by ``details["excess"]``.
+        """
+        invoice = (parent_payload or {}).get("invoice") or {}
+        invoice_lines = invoice.get("line_items")
+        if not invoice_lines:
+            return
+        key = plan.ledger_key
+        earlier = await self._ledger.refund_payloads(
+            key.store_id, key.order_id, with_cancellation=True
+        )
+        credited = [
+            item for text in earlier for item in json.loads(text)["credit_note"]["line_items"]
+        ]
+        new = [line.payload(product_ids[line.product_sku]) for line in plan.lines]
+        excess = credit_excess(invoice_lines, credited, new, currency=plan.currency)
+        # Partial refunds round their share of discounts each on its own, so refunds that add
+        # up to the whole line can pass it by a cent or two; a refund twice is far more.
+        if excess > self._options.total_tolerance:
+            raise UnmappableOrder(
+                f"refund {key.refund_id} credits {excess} more than is left of invoice "
+                f"{plan.invoice_reference} after {len(earlier)} earlier credit note(s)",
+                excess=str(excess),
+                invoice_reference=plan.invoice_reference,
+            )
 
     async def _contact_id(self, plan: DocumentPlan) -> int | str:
         customer = plan.customer
