@@ -1,4 +1,5 @@
-"""The ``invoice-sync`` command: ``run``, ``sandbox``, ``demo``, ``config``, ``dlq``, ``check``.
+"""The ``invoice-sync`` command: ``run``, ``sandbox``, ``broker``, ``demo``, ``config``, ``dlq``,
+``check``.
 
 Settings are built here, once, and passed down; nothing else reads the environment. A
 subcommand that cannot do its job says so on stderr and exits non-zero.
@@ -97,9 +98,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(settings, workdir=args.workdir, verbose=args.verbose))
 
 
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from worker.demo import run_broker
+
+    return asyncio.run(
+        run_broker(port=args.port, demo_events=args.demo_events, workdir=args.workdir)
+    )
+
+
 def _cmd_dlq(args: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     from worker.dlq import inspect_dlq, replay_dlq
+    from worker.logs import configure_logging
+
+    # The same scrubbed log pipeline as `run`, on stderr: stdout carries the letters (--json).
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format, stream=sys.stderr)
 
     if args.dlq_command == "inspect":
         return asyncio.run(inspect_dlq(settings, limit=args.limit, as_json=args.json))
@@ -128,6 +141,16 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=".demo", help="where the demo keeps its ledger")
     demo.add_argument("--verbose", action="store_true", help="show the worker's log lines")
     demo.set_defaults(func=_cmd_demo)
+
+    broker = sub.add_parser(
+        "broker", help="the embedded Kafka-protocol broker (Tansu), for running the worker by hand"
+    )
+    broker.add_argument("--port", type=int, default=9092, help="loopback port (default 9092)")
+    broker.add_argument(
+        "--demo-events", action="store_true", help="create topic orders and publish the demo events"
+    )
+    broker.add_argument("--workdir", default=".broker", help="where the broker writes its log")
+    broker.set_defaults(func=_cmd_broker)
 
     dlq = sub.add_parser("dlq", help="inspect or replay dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -32,7 +33,7 @@ from worker.sandbox import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SandboxConfig, ru
 from worker.service import run_service
 from worker.settings import LedgerSettings, Settings
 
-__all__ = ["run_demo"]
+__all__ = ["run_broker", "run_demo"]
 
 _TOPIC = "orders"
 _PARTITIONS = 6
@@ -85,6 +86,30 @@ async def _publish(bootstrap: str, records: list[DemoRecord]) -> None:
     finally:
         await admin.close()
     await publish_records(bootstrap, _TOPIC, records)
+
+
+async def run_broker(*, port: int, demo_events: bool, workdir: str) -> int:
+    """Serve the embedded broker on ``port`` until SIGINT/SIGTERM (``invoice-sync broker``).
+
+    With ``demo_events`` it first creates the demo's topics and publishes its events, so
+    ``invoice-sync sandbox`` and ``invoice-sync run`` in two more shells, on their defaults,
+    sync them. Prints one line, ``broker listening on HOST:PORT ...``, once it is ready.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    work = Path(workdir)
+    await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+    with TansuBroker(port=port, log_path=work / "tansu.log") as broker:
+        note = ""
+        if demo_events:
+            records = generate_demo_events()
+            await _publish(broker.bootstrap, records)
+            note = f" (topic {_TOPIC}: {len(records)} demo events)"
+        _say(f"broker listening on {broker.bootstrap}{note}")
+        await stop.wait()
+    return 0
 
 
 def _consumed() -> int:
