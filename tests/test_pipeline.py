@@ -16,14 +16,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from tests.plugins.kafka import TopicFactory
+from worker.dlq import DeadLetterWriter, read_dead_letters
 from worker.errors import (
     ApiRejected,
     ApiUnavailable,
     AuthConfigurationFault,
     InvoiceSyncError,
+    MalformedEvent,
     RateLimited,
 )
-from worker.kafka import consumer_options
+from worker.kafka import consumer_options, producer_options
 from worker.pipeline import EVENTS_PER_API_SLOT, HandleResult, OffsetTracker, Pipeline
 from worker.settings import Settings
 
@@ -397,6 +399,44 @@ class TestFailures:
         while (await running.committed(topic, 1))[0] != 1:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
+
+    async def test_record_too_large_for_the_dlq_is_dead_lettered_and_the_partition_moves_on(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
+    ) -> None:
+        """Over the DLQ producer's limit: a dead letter without the value, then the next event."""
+        topic = await topic_factory("toolarge")
+        big = b"{" + b" " * 20_000
+        await _produce(kafka_bootstrap, topic, [(b"a", b"1"), (b"a", big), (b"a", b"3")])
+
+        async def script(record: Record) -> None:
+            if record.value == big:
+                raise MalformedEvent("not JSON")
+
+        settings = _settings(kafka_bootstrap, topic)
+        settings = settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update={"dlq_max_request_size": 4096})}
+        )
+        handler = ScriptedHandler(script)
+        producer = AIOKafkaProducer(**producer_options(settings.kafka))
+        await producer.start()
+        try:
+            writer = DeadLetterWriter(producer, settings=settings)
+            running = await run_pipeline(settings, handler, writer.send)
+            await _wait_for(lambda: len(handler.done) == 2)
+            assert handler.seen[b"a"] == [0, 1, 2]
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await running.committed(topic, 1))[0] != 3:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            running.pipeline.stop()
+            await asyncio.wait_for(running.task, 30)
+        finally:
+            await producer.stop()
+        [letter] = await read_dead_letters(settings)
+        assert (letter.key, letter.value, letter.omitted) == (b"a", b"", ("value",))
+        info = letter.info
+        assert info["reason"] == "malformed_event"
+        assert (info["original-offset"], info["original-value-size"]) == ("1", str(len(big)))
 
     async def test_configuration_fault_pauses_without_dead_lettering(
         self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any

@@ -157,7 +157,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ins = dlq_sub.add_parser("inspect", help="list dead letters with their reasons")
     ins.add_argument("--limit", type=int, default=100)
     ins.add_argument("--json", action="store_true", help="one JSON object per dead letter")
-    rep = dlq_sub.add_parser("replay", help="re-publish dead letters to their source topic")
+    rep = dlq_sub.add_parser(
+        "replay",
+        help="re-publish dead letters not replayed before to their source topic (a consumer"
+        " group, kafka.dlq_replay_group_id, remembers what was sent)",
+    )
     rep.add_argument("--reason", default=None, help="only dead letters with this reason code")
     rep.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     dlq.set_defaults(func=_cmd_dlq)

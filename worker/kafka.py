@@ -66,5 +66,9 @@ def producer_options(kafka: KafkaSettings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": kafka.enable_idempotence,
         "request_timeout_ms": kafka.request_timeout_ms,
+        # aiokafka's default (1 MiB) is below records the consumer can fetch; a dead letter
+        # must fit whatever was read (worker.dlq writes it without its value when not).
+        "max_request_size": kafka.dlq_max_request_size,
+        "compression_type": None if kafka.dlq_compression_type == "none" else "gzip",
         **security_options(kafka),
     }

@@ -24,6 +24,7 @@ __all__ = [
     "CONFIG_FAULT",
     "CONSUMER_LAG",
     "DEAD_LETTERS",
+    "DEAD_LETTERS_VALUE_OMITTED",
     "DEDUPLICATED",
     "DOCUMENTS_CREATED",
     "EVENTS_CONSUMED",
@@ -67,6 +68,12 @@ DOCUMENTS_CREATED = Counter(
 DEAD_LETTERS = Counter(
     "invoice_sync_dead_letters_total",
     "Events written to the dead-letter topic, by reason code (see docs/runbook.md).",
+    ["reason"],
+)
+DEAD_LETTERS_VALUE_OMITTED = Counter(
+    "invoice_sync_dead_letters_value_omitted_total",
+    "Dead letters written without the original value because it was too large for the DLQ "
+    "producer or broker, by reason code (the value stays on the source topic).",
     ["reason"],
 )
 DEDUPLICATED = Counter(
@@ -182,6 +189,7 @@ def initialise_label_sets() -> None:
     """
     for reason in DLQ_REASONS:
         DEAD_LETTERS.labels(reason)
+        DEAD_LETTERS_VALUE_OMITTED.labels(reason)
     for kind in ("invoice", "credit_note"):
         DOCUMENTS_CREATED.labels(kind)
         DEDUPLICATED.labels(kind)

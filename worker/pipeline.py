@@ -464,8 +464,13 @@ class Pipeline:
                 raise
             except Exception as write_exc:
                 write_attempt += 1
+                # A record too large for the DLQ never gets here (the writer leaves the value
+                # out): what is left is transient (broker down, no leader) and worth waiting.
                 log.warning(
-                    "dlq.write_failed", attempt=write_attempt, error_type=type(write_exc).__name__
+                    "dlq.write_failed",
+                    attempt=write_attempt,
+                    reason=exc.reason,
+                    error_type=type(write_exc).__name__,
                 )
                 if self._draining:
                     return  # not written, not committed: redelivered after restart

@@ -115,6 +115,25 @@ class KafkaSettings(_Group):
     dlq_topic: str | None = Field(
         None, description="Dead-letter topic; default is `<source topic>.dlq`."
     )
+    dlq_max_request_size: int = Field(
+        52_428_800,
+        ge=1024,
+        description=(
+            "Largest dead letter the DLQ producer sends, in bytes before compression; one"
+            " larger, or refused by the broker as too large, is written without its value."
+        ),
+    )
+    dlq_compression_type: Literal["none", "gzip"] = Field(
+        "none",
+        description="Compression of dead letters; gzip lets a large value fit the broker's limit.",
+    )
+    dlq_replay_group_id: str | None = Field(
+        None,
+        description=(
+            "Consumer group that remembers what `dlq replay` has sent; default"
+            " `<group_id>-dlq-replay` (`--reason R` appends `.R`)."
+        ),
+    )
     topic_formats: dict[str, SourceFormat] = Field(
         default_factory=dict,
         description=(
@@ -183,6 +202,11 @@ class KafkaSettings(_Group):
     def dlq_for(self, topic: str) -> str:
         """The dead-letter topic for records read from ``topic``."""
         return self.dlq_topic or f"{topic}.dlq"
+
+    def dlq_replay_group(self, reason: str | None = None) -> str:
+        """The consumer group whose offsets mark the dead letters replayed (per reason filter)."""
+        group = self.dlq_replay_group_id or f"{self.group_id}-dlq-replay"
+        return group if reason is None else f"{group}.{reason}"
 
 
 class ApiSettings(_Group):
