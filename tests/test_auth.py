@@ -16,14 +16,18 @@ import io
 import itertools
 import json
 import logging
+import os
 import random
 import re
+import stat
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import aiohttp
 import pytest
@@ -50,7 +54,7 @@ from worker.errors import (
     SettingsError,
     TokenUnavailable,
 )
-from worker.logs import configure_logging
+from worker.logs import REDACTED, configure_logging, scrub
 from worker.sandbox import (
     ALL_SCOPES,
     DEMO_CLIENT_ID,
@@ -62,7 +66,7 @@ from worker.sandbox import (
     Sandbox,
     SandboxConfig,
 )
-from worker.settings import ApiSettings, OAuthSettings, Settings
+from worker.settings import ApiSettings, OAuthSettings, Settings, load_settings
 
 _TOKEN_SHAPE = re.compile(r"sbx_(?:at|rt)_[A-Za-z0-9_\-]{8,}")
 _LOGGERS = (
@@ -391,10 +395,21 @@ class TestConstruction:
 
     def test_extra_params_cannot_override_the_grant(self) -> None:
         """extra_params naming a grant parameter is a settings error, not a silent override."""
+        params = {"grant_type": "password", "audience": "x"}
         with pytest.raises(SettingsError, match="grant_type"):
-            ClientCredentialsProvider(
-                OAuthSettings(extra_params={"grant_type": "password", "audience": "x"})
-            )
+            load_settings(oauth={"extra_params": params})
+        # Settings built in code skip validation: the provider checks again.
+        with pytest.raises(SettingsError, match="grant_type"):
+            ClientCredentialsProvider(OAuthSettings.model_construct(extra_params=params))
+
+    def test_credential_named_extra_param_is_redacted_like_the_secret(self) -> None:
+        """A client_assertion sent in the form body is scrubbed from log text; audience is not."""
+        assertion = "signed-assertion-value-7f3a"
+        ClientCredentialsProvider(
+            OAuthSettings(extra_params={"client_assertion": assertion, "audience": "api-aud"})
+        )
+        text = f"echo client_assertion {assertion} aud api-aud"
+        assert scrub(text) == f"echo client_assertion {REDACTED} aud api-aud"
 
     def test_repr_has_no_secret(self, leak_scan: Leaks) -> None:
         """Provider and auth reprs name the client, never its secret."""
@@ -510,7 +525,9 @@ class TestSingleFlight:
     ) -> None:
         """A failed shared fetch fails all 1,000 waiters; the next need is again one request."""
         sbx.set_faults(Faults(token_outage=True))
-        provider = await provider_factory(oauth_settings(sbx.url, max_attempts=1))
+        clock = FakeClock()
+        settings = oauth_settings(sbx.url, max_attempts=1)
+        provider = await provider_factory(settings, clock=clock)
         results = await asyncio.gather(
             *(provider.token() for _ in range(1000)), return_exceptions=True
         )
@@ -519,8 +536,14 @@ class TestSingleFlight:
         leak_scan.exc(results[0])
         assert len(sbx.stats()["token_request_times"]) == 1
         assert not provider.token_obtainable
+        again = await asyncio.gather(
+            *(provider.token() for _ in range(1000)), return_exceptions=True
+        )
+        assert all(isinstance(r, TokenUnavailable) for r in again)
+        assert len(sbx.stats()["token_request_times"]) == 1  # remembered, not re-asked
 
         sbx.set_faults(Faults())
+        clock.advance(settings.backoff_max_s)  # past the outage's probe backoff
         tokens = await asyncio.gather(*(provider.token() for _ in range(1000)))
         assert {t.generation for t in tokens} == {1}
         assert len(sbx.stats()["token_request_times"]) == 2
@@ -785,15 +808,20 @@ class TestResponseParsing:
     async def test_fault_clears_after_success(
         self, token_server: ScriptedTokenServer, provider_factory: Any
     ) -> None:
-        """provider.fault is set by a refusal and cleared by the next successful fetch."""
+        """provider.fault is set by a refusal and cleared by the next successful fetch (the
+        first probe once the fault's backoff has passed)."""
         refusal = web.json_response({"error": "invalid_scope"}, status=400)
         token_server.respond(lambda: refusal, token_json(access_token="opaque-value-8"))
-        provider = await provider_factory(oauth_settings(token_server.url))
+        clock = FakeClock()
+        settings = oauth_settings(token_server.url)
+        provider = await provider_factory(settings, clock=clock)
         with pytest.raises(AuthConfigurationFault):
             await provider.token()
         assert provider.fault is not None
+        clock.advance(settings.backoff_max_s)
         await provider.token()
         assert provider.fault is None
+        assert len(token_server.requests) == 2
 
 
 class TestConfigurationFaults:
@@ -1058,6 +1086,316 @@ class TestRefreshTokens:
         leak_scan.exc(caught.value)
         assert caught.value.details["oauth_error"] == "invalid_grant"
         assert sbx.stats()["token_errors"] == {"invalid_grant": 1}
+
+
+def _encoded_forms(value: str) -> set[str]:
+    """Every shape a credential can travel or be echoed in (the leak scan looks for each)."""
+    shapes = {value, quote_plus(value), quote(value, safe=""), quote(value)}
+    return shapes | {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), s) for s in shapes}
+
+
+_ODD_SECRET = "p@ss w/rd+&=LEAKSECRET"
+_ODD_REFRESH = "rt/odd+value&=LEAKREFRESH"
+
+
+@pytest.fixture
+async def echo_server(leak_scan: Leaks) -> AsyncIterator[dict[str, str]]:
+    """A token endpoint that refuses every request and echoes the credentials it saw in
+    ``error_description``, in the shape ``state["echo"]`` names: the Basic pair as decoded
+    without URL-decoding ("as_sent"), the secret or refresh token URL-decoded ("decoded"),
+    ``quote()``d ("quote") or with lower-case percent escapes ("lower_hex")."""
+    state = {"url": "", "echo": "as_sent"}
+
+    async def handle(request: web.Request) -> web.Response:
+        raw = (await request.read()).decode()
+        auth = request.headers.get("Authorization", "")
+        form = dict(pair.split("=", 1) for pair in raw.split("&"))
+        if auth.startswith("Basic "):
+            seen = base64.b64decode(auth.removeprefix("Basic ")).decode()
+        else:
+            seen = f"{form.get('client_id', '')}:{form.get('client_secret', '')}"
+        if "refresh_token" in form:
+            seen = form["refresh_token"]
+        plain = unquote_plus(seen)
+        shown = {
+            "as_sent": seen,
+            "decoded": plain,
+            "quote": quote(plain, safe=""),
+            "lower_hex": re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), seen),
+        }[state["echo"]]
+        body = {"error": "invalid_client", "error_description": f"unknown client {shown}"}
+        return web.json_response(body, status=401)
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    state["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+class TestSecretEncodings:
+    @pytest.mark.parametrize("echo", ["as_sent", "decoded", "quote", "lower_hex"])
+    @pytest.mark.parametrize(
+        ("method", "refresh"),
+        [
+            ("client_secret_basic", None),
+            ("client_secret_post", None),
+            ("client_secret_basic", _ODD_REFRESH),
+        ],
+        ids=["basic", "post", "refresh_grant"],
+    )
+    async def test_echoed_credentials_are_redacted_in_every_encoding(
+        self,
+        echo_server: dict[str, str],
+        provider_factory: Any,
+        leak_scan: Leaks,
+        echo: str,
+        method: str,
+        refresh: str | None,
+    ) -> None:
+        """A token endpoint echoing the client secret or refresh token (form-encoded, decoded,
+        quote()d, lower-case hex) leaks it into no log line, exception message or repr."""
+        echo_server["echo"] = echo
+        for value in (_ODD_SECRET, f"{DEMO_CLIENT_ID}:{_ODD_SECRET}", _ODD_REFRESH):
+            for shape in _encoded_forms(value):
+                leak_scan.secret(shape, "client secret or refresh token, encoded")
+        settings = oauth_settings(
+            echo_server["url"], client_secret=_ODD_SECRET, auth_method=method, refresh_token=refresh
+        )
+        provider = await provider_factory(settings)
+        with pytest.raises(AuthConfigurationFault) as caught:
+            await provider.token()
+        leak_scan.exc(caught.value)
+        # The echo did arrive, and was cut out (else the scan below proves nothing).
+        assert "unknown client [redacted]" in str(caught.value)
+        logged = [line for line in leak_scan.stream.getvalue().splitlines() if "refused" in line]
+        assert len(logged) == 1
+        assert "unknown client [redacted]" in logged[0]
+
+
+class TestFaultMemory:
+    @staticmethod
+    async def _refusing(
+        sandbox_factory: SandboxFactory, leak_scan: Leaks, kind: str
+    ) -> tuple[Sandbox, OAuthSettings]:
+        """A sandbox and settings it refuses with ``kind`` (invalid_client or invalid_grant)."""
+        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
+        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        if kind == "invalid_client":
+            return sbx, oauth_settings(sbx.url, client_secret="wrong-secret-value-123")
+        spent = await TestRefreshTokens._first_refresh_token(sbx)
+        async with aiohttp.ClientSession() as session:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": spent,
+                "client_id": DEMO_CLIENT_ID,
+                "client_secret": DEMO_CLIENT_SECRET,
+            }
+            async with session.post(f"{sbx.url}/oauth/token", data=form) as resp:
+                assert resp.status == 200
+        return sbx, oauth_settings(sbx.url, refresh_token=spent)
+
+    @pytest.mark.parametrize("kind", ["invalid_client", "invalid_grant"])
+    async def test_token_requests_do_not_grow_with_waiting_callers(
+        self,
+        sandbox_factory: SandboxFactory,
+        provider_factory: Any,
+        leak_scan: Leaks,
+        kind: str,
+    ) -> None:
+        """During a refusal, 1 or 20 concurrent callers, asking again and again, cause the
+        same requests: one per probe. Waiters get the remembered fault; one ERROR per probe."""
+        leak_scan.secret("wrong-secret-value-123", "wrong client secret")
+        seen: dict[int, tuple[int, int]] = {}
+        for waiters in (1, 20):
+            sbx, settings = await self._refusing(sandbox_factory, leak_scan, kind)
+            grant = "client_credentials" if kind == "invalid_client" else "refresh_token"
+            before = token_requests(sbx, grant)
+            clock = FakeClock()
+            provider = await provider_factory(settings, clock=clock)
+            logged_before = leak_scan.stream.getvalue().count("refused our configuration")
+            for probe in range(3):
+                for _ in range(3):  # each caller retrying at its own moment, as events do
+                    for _ in range(waiters):
+                        with pytest.raises(AuthConfigurationFault, match=kind):
+                            await provider.token()
+                results = await asyncio.gather(  # and all of them at once
+                    *(provider.token() for _ in range(waiters)), return_exceptions=True
+                )
+                assert all(isinstance(r, AuthConfigurationFault) for r in results)
+                assert provider.fault is not None
+                if probe < 2:
+                    clock.advance(settings.backoff_max_s)  # the longest hold has passed
+            logged = leak_scan.stream.getvalue().count("refused our configuration")
+            seen[waiters] = (token_requests(sbx, grant) - before, logged - logged_before)
+        assert seen[1] == seen[20] == (3, 3)
+
+    async def test_probes_back_off_growing_bounded_and_jittered(
+        self, sandbox_factory: SandboxFactory, provider_factory: Any, leak_scan: Leaks
+    ) -> None:
+        """The hold before each probe is U(ceiling / 2, ceiling), the ceiling doubling from
+        backoff_base_s up to backoff_max_s; no request goes out before it ends."""
+        sbx, _ = await self._refusing(sandbox_factory, leak_scan, "invalid_client")
+        leak_scan.secret("wrong-secret-value-123", "wrong client secret")
+        settings = oauth_settings(
+            sbx.url, client_secret="wrong-secret-value-123", backoff_base_s=1.0, backoff_max_s=4.0
+        )
+        clock = FakeClock()
+        provider = await provider_factory(settings, clock=clock, rng=random.Random(11))
+        expected = random.Random(11)
+        with pytest.raises(AuthConfigurationFault):
+            await provider.token()
+        for requests, ceiling in enumerate((1.0, 2.0, 4.0, 4.0), start=1):
+            hold = ceiling / 2 + expected.uniform(0, ceiling / 2)
+            clock.advance(hold - 0.01)
+            with pytest.raises(AuthConfigurationFault):
+                await provider.token()
+            assert token_requests(sbx) == requests  # still held: no request
+            clock.advance(0.02)
+            with pytest.raises(AuthConfigurationFault):
+                await provider.token()
+            assert token_requests(sbx) == requests + 1  # the probe
+        holds = re.findall(r'"next_probe_in_s": ?([0-9.]+)', leak_scan.stream.getvalue())
+        assert len(holds) == 5
+
+    async def test_success_after_a_probe_clears_the_fault(
+        self, token_server: ScriptedTokenServer, provider_factory: Any, leak_scan: Leaks
+    ) -> None:
+        """A fixed configuration is picked up by the next probe; the memory is cleared."""
+
+        def refusal() -> web.Response:
+            return web.json_response({"error": "invalid_client"}, status=401)
+
+        token_server.respond(refusal, refusal, token_json(access_token="v-123456"))
+        clock = FakeClock()
+        settings = oauth_settings(token_server.url)
+        provider = await provider_factory(settings, clock=clock)
+        for _ in range(2):
+            with pytest.raises(AuthConfigurationFault):
+                await provider.token()
+            clock.advance(settings.backoff_max_s)
+        assert (await provider.token()).generation == 1
+        assert provider.fault is None
+        assert provider.token_obtainable
+        assert len(token_server.requests) == 3
+        assert "token endpoint works again" in leak_scan.stream.getvalue()
+
+
+class TestRefreshTokenFile:
+    async def test_rotated_token_survives_a_restart(
+        self,
+        sandbox_factory: SandboxFactory,
+        provider_factory: Any,
+        leak_scan: Leaks,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Rotation writes the new refresh token to the file it came from (0600, atomic); a
+        second provider started from that file gets a token, and no grant is revoked."""
+        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
+        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        initial = await TestRefreshTokens._first_refresh_token(sbx)
+        path = tmp_path / "refresh-token"
+        path.write_text(initial + "\n")
+        path.chmod(0o644)
+        monkeypatch.setenv("INVOICE_SYNC_OAUTH__TOKEN_URL", f"{sbx.url}/oauth/token")
+        monkeypatch.setenv("INVOICE_SYNC_OAUTH__REFRESH_TOKEN_FILE", str(path))
+
+        def from_env() -> OAuthSettings:
+            oauth = load_settings().oauth
+            assert oauth.refresh_token_file == str(path)
+            return oauth
+
+        first = await provider_factory(from_env())
+        await first.token()
+        held = path.read_text().strip()
+        rotated = held != initial and held.startswith("sbx_rt_")
+        assert rotated  # a boolean: a failing comparison would print the tokens
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert os.listdir(tmp_path) == ["refresh-token"]  # no temp file left
+        await first.close()
+
+        second = await provider_factory(from_env())  # the restart
+        assert (await second.token()).generation == 1
+        stats = sbx.stats()
+        assert stats["token_errors"] == {}
+        assert stats["token_requests"] == {"client_credentials": 1, "refresh_token": 2}
+        rotated_again = path.read_text().strip() not in (initial, held)
+        assert rotated_again
+        logged = leak_scan.stream.getvalue()
+        assert logged.count("rotated refresh token written to its file") == 2
+        assert "kept in memory only" not in logged
+
+    async def test_secrets_dir_file_is_found_and_a_winning_variable_is_not_overwritten(
+        self,
+        sandbox_factory: SandboxFactory,
+        provider_factory: Any,
+        leak_scan: Leaks,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """oauth__refresh_token in INVOICE_SYNC_SECRETS_DIR names its file; when
+        INVOICE_SYNC_OAUTH__REFRESH_TOKEN wins over it, the file (another token) is left
+        alone with one warning."""
+        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
+        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        in_file = await TestRefreshTokens._first_refresh_token(sbx)
+        in_env = await TestRefreshTokens._first_refresh_token(sbx)
+        path = tmp_path / "oauth__refresh_token"
+        path.write_text(in_file)
+        monkeypatch.setenv("INVOICE_SYNC_SECRETS_DIR", str(tmp_path))
+        monkeypatch.setenv("INVOICE_SYNC_OAUTH__TOKEN_URL", f"{sbx.url}/oauth/token")
+        assert load_settings().oauth.refresh_token_file == str(path)
+        monkeypatch.setenv("INVOICE_SYNC_OAUTH__REFRESH_TOKEN", in_env)
+        settings = load_settings().oauth
+        provider = await provider_factory(settings)
+        await provider.token()
+        kept = path.read_text() == in_file
+        assert kept
+        logged = leak_scan.stream.getvalue()
+        assert logged.count("kept in memory only") == 1
+        assert "holds another token" in logged
+
+    async def test_unwritable_file_warns_once_at_start(
+        self,
+        sandbox_factory: SandboxFactory,
+        provider_factory: Any,
+        leak_scan: Leaks,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A refresh-token file in a read-only folder (a Secret mount) gives one WARNING at
+        start-up, naming no value; the file is left alone and the grant still works."""
+        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
+        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        initial = await TestRefreshTokens._first_refresh_token(sbx)
+        path = tmp_path / "oauth__refresh_token"
+        path.write_text(initial)
+        real_access = os.access
+        # Root may write anywhere, so the read-only mount is simulated for this folder.
+        monkeypatch.setattr(
+            "worker.auth.os.access",
+            lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode),
+        )
+        settings = oauth_settings(sbx.url, refresh_token=initial, refresh_token_file=str(path))
+        provider = await provider_factory(settings)
+        for _ in range(3):
+            provider.invalidate(await provider.token())
+        kept = path.read_text() == initial
+        assert kept
+        warnings = [
+            json.loads(line)
+            for line in leak_scan.stream.getvalue().splitlines()
+            if "kept in memory only" in line
+        ]
+        assert len(warnings) == 1
+        assert warnings[0]["level"] == "warning"
+        assert "not writable" in warnings[0]["problem"]
 
 
 class TestMetricsAndShutdown:

@@ -31,12 +31,16 @@ redirect, a non-Bearer token type, a grant lacking required scopes) raises
 at once and is kept in :attr:`TokenProvider.fault` until a fetch succeeds. Everything else
 (timeouts, connection errors, 5xx, 429, HTML pages, a 200 without a token) is retried with
 full-jitter backoff, ``max_attempts`` times, and then raises
-:class:`~worker.errors.TokenUnavailable`.
+:class:`~worker.errors.TokenUnavailable`. Either failure is remembered: until its hold ends
+(growing from ``backoff_base_s`` to ``backoff_max_s``, jittered) callers get a copy of it
+without a request, and then one caller's fetch probes again. A fault therefore costs one
+request per probe however many tasks wait.
 
 No secret ever leaves this module except in an ``Authorization``/``API-KEY`` header or a
 token-endpoint request body: every value is registered with
-:func:`worker.logs.register_secret`, reprs print ``[secure]``, aiohttp errors are rebuilt
-without request info (``from None``), and no response body is logged.
+:func:`worker.logs.register_secret` in each encoded shape it travels in, reprs print
+``[secure]``, aiohttp errors are rebuilt without request info (``from None``), and no
+response body is logged.
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ import copy
 import enum
 import json
 import math
+import os
 import random
 import re
+import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -57,8 +63,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 import aiohttp
 import orjson
@@ -72,7 +79,7 @@ from worker.errors import (
     TokenUnavailable,
 )
 from worker.lifecycle import Lifecycle
-from worker.logs import get_logger, register_secret, scrub
+from worker.logs import get_logger, names_credential, register_secret, scrub
 from worker.metrics import (
     RETRIES,
     TOKEN_EXPIRY,
@@ -81,7 +88,13 @@ from worker.metrics import (
     TOKEN_RENEWALS_401,
 )
 from worker.retry import Backoff
-from worker.settings import ApiSettings, OAuthSettings, Settings, url_security_problem
+from worker.settings import (
+    RESERVED_TOKEN_PARAMS,
+    ApiSettings,
+    OAuthSettings,
+    Settings,
+    url_security_problem,
+)
 
 __all__ = [
     "ApiKeyAuth",
@@ -105,9 +118,6 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 _SECURE = "[secure]"
-_RESERVED_PARAMS = frozenset(
-    {"grant_type", "scope", "client_id", "client_secret", "refresh_token", "assertion"}
-)
 _CONFIG_ERRORS = frozenset(
     {
         "invalid_client",
@@ -120,6 +130,7 @@ _CONFIG_ERRORS = frozenset(
     }
 )
 _MAX_TEXT = 200  # longest server-provided text we carry in a message or log field
+_PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_\-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
@@ -187,6 +198,19 @@ def encode_json(obj: Any) -> bytes:
     library's speed for these bodies).
     """
     return orjson.dumps(obj, default=_json_default)
+
+
+def _register_secret_forms(value: str, *, rotating: bool = False) -> None:
+    """Register ``value`` and every encoded shape it travels in for log redaction.
+
+    A form body carries ``quote_plus(value)``; a server may echo ``quote(value)`` or the
+    lower-case hex of either (``%2f``). Each shape is a secret of its own: redacting only
+    the raw value would let ``p%40ss+w%2Frd`` through a log line or an exception message.
+    """
+    shapes = {value, quote_plus(value), quote(value, safe=""), quote(value)}
+    shapes |= {_PERCENT_HEX.sub(lambda m: m.group(0).lower(), s) for s in shapes}
+    for shape in shapes:
+        register_secret(shape, rotating=rotating)
 
 
 def _short(text: object) -> str:
@@ -328,8 +352,10 @@ class ClientCredentialsProvider(TokenProvider):
 
     One instance serves one credential (token URL, client id, scope set) and is shared by
     every task of the process; :attr:`credential` names it. With ``settings.refresh_token``
-    set, it uses the refresh-token grant instead and rotates the refresh token in memory:
-    each one is sent once, only to the token endpoint, and the newest replaces it.
+    set, it uses the refresh-token grant instead and rotates the refresh token: each one is
+    sent once, only to the token endpoint, and the newest replaces it in memory and, when
+    the token came from ``settings.refresh_token_file``, in that file (atomically, 0600), so
+    a restart continues the grant. One replica only: replicas would spend each other's.
 
     ``clock``, ``sleep`` and ``rng`` drive expiry, retry backoff and jitter, so tests can
     run backoff logic instantly. The background refresher waits on the event loop's own
@@ -350,7 +376,8 @@ class ClientCredentialsProvider(TokenProvider):
         require_secure_url("oauth.token_url", settings.token_url, allow_insecure=insecure)
         if settings.revoke_url:
             require_secure_url("oauth.revoke_url", settings.revoke_url, allow_insecure=insecure)
-        clash = _RESERVED_PARAMS & set(settings.extra_params)
+        # The settings refuse these at load; checked again for settings built in code.
+        clash = RESERVED_TOKEN_PARAMS & set(settings.extra_params)
         if clash:
             raise SettingsError(
                 f"oauth.extra_params must not set {', '.join(sorted(clash))}; "
@@ -371,17 +398,24 @@ class ClientCredentialsProvider(TokenProvider):
         self.credential = (settings.token_url, settings.client_id, self._scopes)
 
         secret = settings.client_secret.get_secret_value()
-        register_secret(secret)
+        _register_secret_forms(secret)
+        for name, value in settings.extra_params.items():
+            if names_credential(name):  # a client_assertion travels like the secret
+                _register_secret_forms(value)
         headers = {
             "Accept": "application/json",
             "Content-Type": "application/x-www-form-urlencoded",
         }
         auth_params: dict[str, str] = {}
+        # RFC 6749 section 2.3.1: form-encode id and secret, then Base64 "id:secret". A
+        # server that decodes Basic without URL-decoding sees (and may echo) the encoded
+        # pair, so every shape of it is registered, whichever method sends it.
+        pair = f"{quote_plus(settings.client_id)}:{quote_plus(secret)}"
+        for shape in (pair, f"{settings.client_id}:{secret}"):
+            _register_secret_forms(shape)
+            register_secret(base64.b64encode(shape.encode()).decode("ascii"))
         if settings.auth_method == "client_secret_basic":
-            # RFC 6749 section 2.3.1: form-encode id and secret, then Base64 "id:secret".
-            pair = f"{quote_plus(settings.client_id)}:{quote_plus(secret)}"
             basic = base64.b64encode(pair.encode()).decode("ascii")
-            register_secret(basic)
             headers["Authorization"] = f"Basic {basic}"
         else:
             auth_params = {"client_id": settings.client_id, "client_secret": secret}
@@ -390,8 +424,15 @@ class ClientCredentialsProvider(TokenProvider):
         self._refresh_token: str | None = None
         if settings.refresh_token is not None:
             self._refresh_token = settings.refresh_token.get_secret_value()
-            register_secret(self._refresh_token)
+            _register_secret_forms(self._refresh_token)
         self.grant: Grant = "refresh_token" if self._refresh_token else "client_credentials"
+        # Where a rotated refresh token is written back so a restart continues the grant
+        # (checked in _open; None when it cannot be kept current). _persisted is the value
+        # the file holds.
+        self._refresh_file: Path | None = None
+        if self._refresh_token is not None and settings.refresh_token_file:
+            self._refresh_file = Path(settings.refresh_token_file)
+        self._persisted = self._refresh_token
         # Client credentials: the same body on every fetch, encoded once.
         self._cc_body = urlencode(
             {"grant_type": "client_credentials", "scope": self._scope_param}
@@ -411,6 +452,13 @@ class ClientCredentialsProvider(TokenProvider):
         self._background_not_before = 0.0
         self._last_fetch_ok: bool | None = None
         self.fault = None
+        # The failure of the last fetch (a refusal, or TokenUnavailable after the bounded
+        # attempts), answered to callers without a new request until _probe_at; then one
+        # caller's fetch probes again. So a fault costs one request per probe, however many
+        # tasks wait. _failures counts consecutive failed fetches (the probe backoff).
+        self._held: InvoiceSyncError | None = None
+        self._probe_at = 0.0
+        self._failures = 0
         if settings.revoke_on_shutdown and not settings.revoke_url:
             _log.warning("oauth.revoke_on_shutdown is set without oauth.revoke_url; ignored")
 
@@ -427,7 +475,38 @@ class ClientCredentialsProvider(TokenProvider):
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         TOKEN_EXPIRY.set_function(self._seconds_to_expiry)
+        if self.grant == "refresh_token":
+            self._check_refresh_file()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="token-refresher")
+
+    def _check_refresh_file(self) -> None:
+        """Warn once, at start-up, when rotated refresh tokens cannot outlive the process.
+
+        The server spends a refresh token on use; one kept only in memory is lost on exit,
+        and presenting the spent one again revokes the grant (OAuth security BCP).
+        """
+        path = self._refresh_file
+        problem = None
+        if path is None:
+            problem = "it was not read from a file (set INVOICE_SYNC_OAUTH__REFRESH_TOKEN_FILE)"
+        else:
+            try:
+                held = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                held, problem = None, f"the file cannot be read ({exc.strerror})"
+            if problem is None and held != self._refresh_token:
+                problem = "the file holds another token than the one in use"
+            elif problem is None and not os.access(path.parent, os.W_OK):
+                problem = "its folder is not writable (a read-only Secret mount?)"
+        if problem is None:
+            return
+        self._refresh_file = None
+        _log.warning(
+            "rotated refresh tokens are kept in memory only; a restart will need a fresh "
+            "refresh token",
+            problem=problem,
+            path=None if path is None else str(path),
+        )
 
     async def _shutdown(self) -> None:
         tasks = [t for t in (self._refresher, self._inflight) if t is not None and not t.done()]
@@ -473,6 +552,10 @@ class ClientCredentialsProvider(TokenProvider):
                 if now >= self._background_not_before:
                     self._start_fetch()
                 return token
+        held = self._held
+        if held is not None and self._inflight is None and self._clock() < self._probe_at:
+            # The endpoint failed us a moment ago: answer with that, not with a request.
+            raise copy.copy(held) from None
         fetched = await self._await_fetch()
         current = self._token
         # Re-check: a newer token may have landed while we waited.
@@ -569,18 +652,21 @@ class ClientCredentialsProvider(TokenProvider):
                 self._last_fetch_ok = False
                 TOKEN_FETCHES.labels(self.grant, "transient_error").inc()
                 if attempt >= attempts:
+                    unavailable = TokenUnavailable(
+                        f"token endpoint unavailable after {attempts} attempts (last: {exc.kind})",
+                        status=exc.status,
+                        error_kind=exc.kind,
+                        attempts=attempts,
+                    )
+                    hold = self._hold(unavailable)
                     _log.warning(
                         "token endpoint unavailable; giving up for now",
                         attempts=attempts,
                         error_kind=exc.kind,
                         status=exc.status,
+                        next_probe_in_s=round(hold, 3),
                     )
-                    raise TokenUnavailable(
-                        f"token endpoint unavailable after {attempts} attempts (last: {exc.kind})",
-                        status=exc.status,
-                        error_kind=exc.kind,
-                        attempts=attempts,
-                    ) from None
+                    raise unavailable from None
                 delay = self._backoff(attempt, exc.retry_after)
                 RETRIES.labels(TokenUnavailable.reason).inc()
                 _log.warning(
@@ -596,22 +682,67 @@ class ClientCredentialsProvider(TokenProvider):
                 self._last_fetch_ok = False
                 TOKEN_FETCHES.labels(self.grant, "config_error").inc()
                 self.fault = exc
+                hold = self._hold(exc)
                 _log.error(
                     "token endpoint refused our configuration; fix the settings",
                     reason=exc.reason,
                     message=exc.message,
+                    next_probe_in_s=round(hold, 3),
                     **exc.details,
                 )
                 raise
             else:
                 TOKEN_FETCHES.labels(self.grant, "success").inc()
+                if self._held is not None:
+                    _log.info("token endpoint works again", failed_fetches=self._failures)
                 self._last_fetch_ok = True
                 self.fault = None
+                self._held = None
+                self._failures = 0
                 self._background_not_before = 0.0
                 self._token = token
                 self._wakeup.set()
+                if self._refresh_file is not None and self._refresh_token != self._persisted:
+                    await self._persist_refresh_token()
                 return token
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _persist_refresh_token(self) -> None:
+        """Write the rotated refresh token back to its file, so a restart continues the
+        grant. A failure is a warning: the token in memory keeps working until exit."""
+        path, value = self._refresh_file, self._refresh_token
+        assert path is not None
+        assert value is not None
+        try:
+            await asyncio.to_thread(_replace_private_file, path, value)
+        except OSError as exc:
+            _log.warning(
+                "could not write the rotated refresh token to its file; a restart will need "
+                "a fresh refresh token",
+                path=str(path),
+                error_kind=type(exc).__name__,
+                error=exc.strerror,
+            )
+            return
+        self._persisted = value
+        _log.info("rotated refresh token written to its file", path=str(path))
+
+    def _hold(self, failure: InvoiceSyncError) -> float:
+        """Remember a failed fetch until the next probe; returns the seconds until then.
+
+        The hold grows like the retry backoff (``backoff_base_s`` doubling up to
+        ``backoff_max_s``) with equal jitter, ``U(ceiling / 2, ceiling)``: never near zero,
+        so a probe is never followed at once by another, and replicas drift apart.
+        """
+        self._failures += 1
+        settings = self._settings
+        ceiling = min(
+            settings.backoff_max_s, settings.backoff_base_s * 2.0 ** min(self._failures - 1, 32)
+        )
+        hold = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        self._held = failure
+        self._probe_at = self._clock() + hold
+        return hold
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """The project's one backoff policy (:class:`worker.retry.Backoff`): full jitter, and
@@ -709,10 +840,10 @@ class ClientCredentialsProvider(TokenProvider):
         value = doc.get("access_token")
         if not isinstance(value, str) or not value:
             raise _Transient("no_access_token", status=200)
-        register_secret(value, rotating=True)
+        _register_secret_forms(value, rotating=True)
         new_refresh = doc.get("refresh_token")
         if isinstance(new_refresh, str) and new_refresh:
-            register_secret(new_refresh, rotating=True)
+            _register_secret_forms(new_refresh, rotating=True)
 
         token_type = doc.get("token_type")
         if token_type is None:
@@ -805,6 +936,30 @@ class ClientCredentialsProvider(TokenProvider):
             _log.info("access token revoked", token_generation=token.generation)
         else:
             _log.warning("token revocation refused", status=status)
+
+
+def _replace_private_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, mode 0600: a temporary file in the same
+    folder, fsynced, renamed over it, then the folder fsynced. A crash leaves the old or the
+    new content, never a torn file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def _json_object(payload: bytes) -> dict[str, Any] | None:

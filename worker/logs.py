@@ -63,7 +63,7 @@ __all__ = [
 REDACTED: Final = "[redacted]"
 
 _SENSITIVE_KEY = re.compile(
-    r"token|secret|password|passwd|authorization|api[_-]?key|cookie|credential", re.I
+    r"token|secret|password|passwd|authorization|api[_-]?key|cookie|credential|assertion", re.I
 )
 # Keys that name a credential but hold a fact about it (a number, a URL, a kind), never it.
 _DESCRIPTIVE_SUFFIXES: Final = (
@@ -174,7 +174,7 @@ def scrub(text: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _names_credential(key: object) -> bool:
+def names_credential(key: object) -> bool:
     """Whether a field name names a credential (cached: the same few keys recur)."""
     name = str(key)
     if name in _STRUCTURAL_KEYS or not _SENSITIVE_KEY.search(name):
@@ -214,11 +214,11 @@ class RedactSecrets:
         joined = "\n".join(texts)
         if scrub(joined) != joined:
             return None
-        return {key: REDACTED if _names_credential(key) else value for key, value in data.items()}
+        return {key: REDACTED if names_credential(key) else value for key, value in data.items()}
 
     def _clean_mapping(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
         return {
-            key: REDACTED if _names_credential(key) else self._clean(value)
+            key: REDACTED if names_credential(key) else self._clean(value)
             for key, value in data.items()
         }
 

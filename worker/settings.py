@@ -83,6 +83,10 @@ DEFAULT_SCOPES = (
     "products.write",
     "credit_notes.write",
 )
+#: Token request parameters the grant sets itself; ``oauth.extra_params`` may not set them.
+RESERVED_TOKEN_PARAMS = frozenset(
+    {"grant_type", "scope", "client_id", "client_secret", "refresh_token", "assertion"}
+)
 
 
 #: What a topic's records are (``worker.platforms.FORMATS`` plus "auto"; a test keeps both equal).
@@ -99,6 +103,7 @@ class _Group(BaseModel):
         # files source has already read it, so it is not an unknown setting here.
         if isinstance(data, dict):
             secret_files = {f"{n}_file" for n, f in cls.model_fields.items() if _is_secret(f)}
+            secret_files -= set(cls.model_fields)  # a real field keeps it (refresh_token_file)
             data = {k: v for k, v in data.items() if k.lower() not in secret_files}
         return data
 
@@ -253,7 +258,18 @@ class OAuthSettings(_Group):
         default_factory=dict, description='Extra token parameters, e.g. {"audience": "..."}.'
     )
     refresh_token: SecretStr | None = Field(
-        None, description="Refresh token for linked-account flows (secret; rotated in memory)."
+        None,
+        description=(
+            "Refresh token for linked-account flows (secret). One replica only: replicas would "
+            "spend each other's rotated tokens; scaled deployments use client credentials."
+        ),
+    )
+    refresh_token_file: str | None = Field(
+        None,
+        description=(
+            "File the refresh token was read from (INVOICE_SYNC_OAUTH__REFRESH_TOKEN_FILE or the "
+            "secrets dir); each rotated token is written back to it (atomic, mode 0600)."
+        ),
     )
     skew_s: float = Field(60.0, ge=0, description="Renew this long before expiry (<= half life).")
     default_lifetime_s: float = Field(
@@ -278,11 +294,23 @@ class OAuthSettings(_Group):
         if self.client_secret.get_secret_value() == DEMO_CLIENT_SECRET and not _is_loopback(host):
             raise ValueError(
                 "client_secret must be set for a token_url that is not the local sandbox "
-                "(the default is the sandbox's public demo secret)"
+                "(the default is the sandbox's public demo secret; set the file "
+                "oauth__client_secret in the secrets directory, "
+                "or INVOICE_SYNC_OAUTH__CLIENT_SECRET or its _FILE)"
             )
         if self.revoke_url:
             _require_https("revoke_url", self.revoke_url, allow_insecure=self.allow_insecure_http)
         return self
+
+    @field_validator("extra_params")
+    @classmethod
+    def _not_the_grants_own(cls, value: dict[str, str]) -> dict[str, str]:
+        clash = RESERVED_TOKEN_PARAMS & set(value)
+        if clash:
+            raise ValueError(
+                f"must not set {', '.join(sorted(clash))}; those parameters are set by the grant"
+            )
+        return value
 
 
 class LedgerSettings(_Group):
@@ -587,11 +615,21 @@ class _SecretFilesSource(PydanticBaseSettingsSource):
                 if key in secrets and path.is_file():
                     group, name = secrets[key]
                     found.setdefault(group, {})[name] = _read_secret(path, key)
+                    _note_secret_path(found[group], group, name, path)
         for key, (group, name) in secrets.items():
             var = f"{ENV_PREFIX}{key.upper()}_FILE"
             if var in env:
                 found.setdefault(group, {})[name] = _read_secret(Path(env[var]), var)
+                _note_secret_path(found[group], group, name, Path(env[var]))
         return found
+
+
+def _note_secret_path(values: dict[str, str], group: str, name: str, path: Path) -> None:
+    """Fill ``<name>_file`` when the group has such a field: where a secret that the worker
+    rotates (the refresh token) is written back."""
+    model = dict(_groups())[group]
+    if f"{name}_file" in model.model_fields:
+        values[f"{name}_file"] = str(path)
 
 
 def _read_secret(path: Path, setting: str) -> str:
