@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.plugins.kafka import TopicFactory
 from tests.plugins.worker_process import WorkerFactory, WorkerProcess
 from tests.worker_settings import endpoint_settings
-from worker.broker import publish_records
+from worker.broker import free_port, publish_records
 from worker.demo_data import DemoRecord, generate_demo_events
 from worker.dlq import read_dead_letters
 from worker.sandbox import DEMO_CLIENT_SECRET, FaultRule, Faults, Sandbox
@@ -252,6 +258,64 @@ class TestCrashAndSignals:
         ]
         assert missing == []
 
+    async def test_sigterm_during_the_first_group_join_exits_0_within_the_shutdown_timeout(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """A join held up by a dead member is abandoned on SIGTERM: exit 0, not after the join."""
+        topic = await topic_factory("join", partitions=1)
+        settings = _settings(kafka_bootstrap, topic, sandbox.url, "sqlite:///ledger.db")
+        shutdown_timeout_s = 5
+        env = _env(settings) | {
+            # The group waits this long for a member that vanished without leaving.
+            "INVOICE_SYNC_KAFKA__SESSION_TIMEOUT_MS": "45000",
+            "INVOICE_SYNC_PIPELINE__SHUTDOWN_TIMEOUT_S": str(shutdown_timeout_s),
+        }
+        dead = worker_factory(env, name="dead")
+        await dead.wait_logged("partitions.assigned", 90, nonempty="partitions")
+        dead.kill()  # still a member of the group until its session expires
+        joining = worker_factory(env, name="joining")
+        await joining.wait_logged("worker.joining_group", 60)
+        await asyncio.sleep(1)  # well inside the join, which lasts until the session expires
+        assert joining.running
+        joining.proc.send_signal(signal.SIGTERM)
+        # Generous, yet far below the 45 s the join would otherwise have taken.
+        code = await joining.wait(shutdown_timeout_s + 10)
+        assert code == 0, joining.tail()
+        assert not joining.logged("worker.started")
+        assert [e.get("during") for e in joining.logged("worker.stopped")] == ["start-up"]
+
+    def test_sigterm_before_the_event_loop_exists_exits_0(self) -> None:
+        """A SIGTERM while settings load (no loop yet) stops the worker before it opens anything."""
+        script = (
+            "import os, signal, sys\n"
+            "import worker.cli as cli\n"
+            "load = cli.load_settings\n"
+            "def slow_load():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return load()\n"
+            "cli.load_settings = slow_load\n"
+            "sys.exit(cli.main(['run']))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
+        # Nothing listens there: the worker must stop before it tries to connect.
+        env["INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{free_port()}"
+        env["INVOICE_SYNC_HTTP__PORT"] = "0"
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+        assert events == ["worker.stopping", "worker.stopped"]
+
 
 def test_demo_client_secret_is_the_default() -> None:
     """The default settings talk to the sandbox's documented demo client."""
@@ -285,6 +349,105 @@ class TestReadiness:
         assert "wrong-secret-value" not in answer[1] + worker.log_text()
         assert sandbox.stats()["token_errors"].get("invalid_client", 0) >= 1
         assert await worker.terminate() == 0
+
+    async def test_readyz_reports_the_assigned_partitions(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """The only member of the group is ready and counts every partition of the topic."""
+        topic = await topic_factory("count", partitions=3)
+        settings = _settings(kafka_bootstrap, topic, sandbox.url, "sqlite:///ledger.db")
+        worker = worker_factory(_env(settings))
+        await _wait_for_readiness(worker, lambda status, body: body.get("partitions") == 3)
+        answer = await worker.get("/readyz")
+        assert answer is not None
+        assert answer[0] == 200
+        assert json.loads(answer[1])["waiting_for_assignment"] is False
+        assert await worker.terminate() == 0
+
+    async def test_spare_member_is_not_ready_with_no_partitions_assigned(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """Two members, one partition: once the rebalance is over, one is ready, the spare not."""
+        topic = await topic_factory("spare", partitions=1)
+        settings = _settings(kafka_bootstrap, topic, sandbox.url, "sqlite:///ledger.db")
+        first = worker_factory(_env(settings), name="first")
+        await first.wait_logged("partitions.assigned", 90, nonempty="partitions")
+        second = worker_factory(_env(settings), name="second")
+        # Either member may end up with the partition; the other is the spare.
+        expected = [
+            (200, [], 1),
+            (503, ["no_partitions_assigned"], 0),
+        ]
+        seen: list[tuple[int, list[str], int]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while loop.time() < deadline:
+            seen = []
+            for worker in (first, second):
+                answer = await worker.get("/readyz")
+                if answer is not None:
+                    body = json.loads(answer[1])
+                    seen.append((answer[0], body["problems"], body["partitions"]))
+            if sorted(seen) == expected:
+                break
+            await asyncio.sleep(0.2)
+        assert sorted(seen) == expected, f"{seen}\n{first.tail()}\n{second.tail()}"
+        assert await second.terminate() == 0
+        assert await first.terminate() == 0
+
+    async def test_missing_topic_is_one_configuration_error(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """A well-formed topic the cluster lacks: exit 2 and one error line naming it, no spam."""
+        present = await topic_factory("present", partitions=1)
+        missing = f"missing-{present}"
+        settings = _settings(kafka_bootstrap, present, sandbox.url, "sqlite:///ledger.db")
+        env = _env(settings) | {"INVOICE_SYNC_KAFKA__TOPICS": json.dumps([present, missing])}
+        worker = worker_factory(env)
+        assert await worker.wait(60) == 2, worker.tail()
+        errors = [e for e in worker.log_events() if e.get("level") == "error"]
+        assert [e["event"] for e in errors] == ["worker.configuration_error"], worker.tail()
+        assert errors[0]["message"] == (
+            f"INVOICE_SYNC_KAFKA__TOPICS: no such topic on the cluster: {missing}"
+            " (create it, or correct the name)"
+        )
+        assert len(worker.log_text().splitlines()) < 10, worker.tail()
+        # Asking for the topic by name would have made an auto-creating broker create it.
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            assert missing not in await admin.list_topics()
+        finally:
+            await admin.close()
+
+
+async def _wait_for_readiness(
+    worker: WorkerProcess, cond: Any, *, limit_s: float = 120
+) -> tuple[int, dict[str, Any]]:
+    """Poll ``/readyz`` until ``cond(status, body)``; the bound only turns a hang into a failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    last: tuple[int, dict[str, Any]] | None = None
+    while loop.time() < deadline:
+        answer = await worker.get("/readyz")
+        if answer is not None:
+            last = (answer[0], json.loads(answer[1]))
+            if cond(*last):
+                return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{worker.name}: /readyz never matched; last {last}\n{worker.tail()}")
 
 
 def test_tune_gc_freezes_start_up_objects_only() -> None:

@@ -100,8 +100,10 @@ class TestRules:
         with pytest.raises(SettingsError, match="sasl_mechanism"):
             load_settings(kafka={"security_protocol": "SASL_SSL"})
 
-    def test_real_cluster_settings_accepted(self) -> None:
+    def test_real_cluster_settings_accepted(self, tmp_path: Path) -> None:
         """SASL_SSL + SCRAM-SHA-512 + CA file is a valid Kafka configuration."""
+        cafile = tmp_path / "ca.pem"
+        cafile.write_text("-----BEGIN CERTIFICATE-----\n")
         s = load_settings(
             kafka={
                 "bootstrap_servers": "b1:9096",
@@ -109,7 +111,7 @@ class TestRules:
                 "sasl_mechanism": "SCRAM-SHA-512",
                 "sasl_username": "u",
                 "sasl_password": "p",
-                "ssl_cafile": "/etc/ssl/ca.pem",
+                "ssl_cafile": str(cafile),
             }
         )
         assert s.kafka.sasl_mechanism == "SCRAM-SHA-512"
@@ -188,6 +190,68 @@ class TestClearErrors:
     def test_log_level_any_case(self) -> None:
         """INVOICE_SYNC_LOGGING__LEVEL=info works like INFO."""
         assert load_settings(logging={"level": "info"}).logging.level == "INFO"
+
+    @pytest.mark.parametrize(
+        "topics", [["no such topic!"], ["."], [".."], ["t" * 250], ["orders", "bestellungen-ü"]]
+    )
+    def test_illegal_topic_name_is_refused(self, topics: list[str]) -> None:
+        """A name Kafka never allows stops start-up naming the variable and the entry."""
+        with pytest.raises(SettingsError) as info:
+            load_settings(kafka={"topics": topics})
+        assert info.value.message == (
+            f"invalid configuration: INVOICE_SYNC_KAFKA__TOPICS: entry {len(topics)} is not a"
+            " legal Kafka topic name (1 to 249 ASCII letters, digits, '.', '_' or '-', and not"
+            " '.' or '..')"
+        )
+
+    def test_legal_topic_names_are_accepted(self) -> None:
+        """Letters, digits, '.', '_' and '-' up to 249 characters are all fine."""
+        topics = ["orders", "shop.orders_v1-eu", "..x", "t" * 249]
+        assert load_settings(kafka={"topics": topics}).kafka.topics == topics
+
+    def test_illegal_dlq_topic_is_refused(self) -> None:
+        """The dead-letter topic follows the same rule."""
+        with pytest.raises(SettingsError, match="INVOICE_SYNC_KAFKA__DLQ_TOPIC: not a legal"):
+            load_settings(kafka={"dlq_topic": "dead letters"})
+
+    def test_run_with_illegal_topic_is_one_line_exit_2(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`run` refuses the name before connecting: one stderr line, exit 2, no broker spam."""
+        env = _clean_env(monkeypatch) | {"INVOICE_SYNC_KAFKA__TOPICS": '["no such topic!"]'}
+        result = _cli("run", env=env)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            "invoice-sync: invalid configuration: INVOICE_SYNC_KAFKA__TOPICS: entry 1 is not a"
+            " legal Kafka topic name (1 to 249 ASCII letters, digits, '.', '_' or '-', and not"
+            " '.' or '..')"
+        ]
+
+    def test_run_with_missing_ca_file_names_variable_and_file(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """SSL with a CA file that is not there: one line naming both, exit 2, no traceback."""
+        env = _clean_env(monkeypatch) | {
+            "INVOICE_SYNC_KAFKA__SECURITY_PROTOCOL": "SSL",
+            "INVOICE_SYNC_KAFKA__SSL_CAFILE": "/nonexistent.pem",
+        }
+        result = _cli("run", env=env)
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            "invoice-sync: invalid configuration: INVOICE_SYNC_KAFKA__SSL_CAFILE: cannot read"
+            " /nonexistent.pem (No such file or directory)"
+        ]
+
+    @pytest.mark.parametrize("name", ["ssl_certfile", "ssl_keyfile"])
+    def test_unreadable_tls_file_is_refused(self, tmp_path: Path, name: str) -> None:
+        """A client certificate or key path that is not a readable file is refused by name."""
+        with pytest.raises(SettingsError) as info:
+            load_settings(kafka={"security_protocol": "SSL", name: str(tmp_path)})
+        assert info.value.message == (
+            f"invalid configuration: INVOICE_SYNC_KAFKA__{name.upper()}: cannot read"
+            f" {tmp_path} (Is a directory)"
+        )
 
 
 class TestKafkaOptions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -42,7 +43,43 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _EarlySignals:
+    """SIGTERM/SIGINT that arrive before the event loop exists, remembered for ``run_service``.
+
+    Imports and settings take a fraction of a second; without this, a SIGTERM then would kill
+    the process with the default action (exit 143). Installed first thing in ``run``; the
+    loop's own handlers replace it, and ``run_service`` then stops at once. Only a signal
+    during the interpreter's own start-up, before this module runs, still exits 143.
+    """
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous = {sig: signal.signal(sig, self._remember) for sig in self._SIGNALS}
+
+    def _remember(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum)
+
+    def __call__(self) -> signal.Signals | None:
+        return self.received
+
+    def restore(self) -> None:
+        """Put back the handlers found (``main`` may run inside another program, or a test)."""
+        for sig, handler in self._previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    early = _EarlySignals()
+    try:
+        return _run(early)
+    finally:
+        early.restore()
+
+
+def _run(early: _EarlySignals) -> int:
     settings = _settings_or_exit()
     from worker.logs import configure_logging
     from worker.service import event_loop_factory, run_service, tune_gc
@@ -57,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     tune_gc()
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(run_service(settings))
+            return runner.run(run_service(settings, early_signal=early))
     except Exception as exc:
         from worker.logs import get_logger, scrub
 

@@ -644,7 +644,9 @@ class Pipeline:
             "partitions.assigned", partitions=sorted(f"{t.topic}:{t.partition}" for t in assigned)
         )
         if self._health is not None:
-            self._health.set_assignment(len(self._trackers), waiting=not self._trackers)
+            # The rebalance is over, so no longer waiting: an empty assignment means a spare
+            # member (more members than partitions), and readiness says so.
+            self._health.set_assignment(len(self._trackers), waiting=False)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         lost = {tp: self._trackers[tp] for tp in revoked if tp in self._trackers}
@@ -675,7 +677,9 @@ class Pipeline:
             abandoned=abandoned,
         )
         if self._health is not None:
-            self._health.set_assignment(len(self._trackers), waiting=not self._trackers)
+            # Waiting covers only the first join; a group that cannot form again after a
+            # revocation must show as no_partitions_assigned, not as waiting.
+            self._health.set_assignment(len(self._trackers), waiting=False)
 
     async def _drain(self, timeout_s: float) -> None:
         """Let running events finish (bounded); queued ones are left for redelivery."""

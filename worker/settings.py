@@ -89,6 +89,15 @@ RESERVED_TOKEN_PARAMS = frozenset(
 )
 
 
+#: Kafka's own rule for topic names (kafka.common.internals.Topic); brokers refuse others.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_TOPIC_RULE = "1 to 249 ASCII letters, digits, '.', '_' or '-', and not '.' or '..'"
+
+
+def _is_topic_name(name: str) -> bool:
+    return _TOPIC_NAME.fullmatch(name) is not None and name not in {".", ".."}
+
+
 #: What a topic's records are (``worker.platforms.FORMATS`` plus "auto"; a test keeps both equal).
 SourceFormat = Literal["v1", "salla", "zid", "shopify", "auto"]
 
@@ -202,6 +211,29 @@ class KafkaSettings(_Group):
     def _at_least_one_topic(cls, value: list[str]) -> list[str]:
         if not value or any(not t.strip() for t in value):
             raise ValueError("at least one non-empty topic name is required")
+        for number, topic in enumerate(value, start=1):
+            if not _is_topic_name(topic):
+                raise ValueError(f"entry {number} is not a legal Kafka topic name ({_TOPIC_RULE})")
+        return value
+
+    @field_validator("dlq_topic")
+    @classmethod
+    def _legal_dlq_topic(cls, value: str | None) -> str | None:
+        if value is not None and not _is_topic_name(value):
+            raise ValueError(f"not a legal Kafka topic name ({_TOPIC_RULE})")
+        return value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        # Checked here, not when the TLS context is built at start-up, where a missing file
+        # is a bare FileNotFoundError that names neither the setting nor the file.
+        if value is not None:
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"cannot read {value} ({exc.strerror})") from None
         return value
 
     def dlq_for(self, topic: str) -> str:
