@@ -52,6 +52,41 @@ class TestConfigCommand:
         assert result.returncode == 0, result.stderr
         assert "xyz" not in result.stdout + result.stderr
 
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("INVOICE_SYNC_OAUTH__TOKEN_URL", "https://me:LEAKpw1@idp.example/token"),
+            ("INVOICE_SYNC_OAUTH__TOKEN_URL", "https://idp.example/token?client_secret=LEAKqs1"),
+            ("INVOICE_SYNC_OAUTH__REVOKE_URL", "https://idp.example/revoke?access_token=LEAKat1"),
+            ("INVOICE_SYNC_API__BASE_URL", "https://me:LEAKpw2@api.example"),
+            ("INVOICE_SYNC_LEDGER__URL", "postgresql://u@h/db?password=LEAKpw3"),
+            ("INVOICE_SYNC_LEDGER__URL", "postgresql://u@h/db?sslpassword=LEAKpw4"),
+            ("INVOICE_SYNC_OAUTH__EXTRA_PARAMS", '{"client_secret": "LEAKxp1"}'),
+        ],
+    )
+    def test_credential_outside_a_secret_setting_is_refused_unprinted(
+        self, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+    ) -> None:
+        """A credential inside a URL or the grant's own parameter: exit 2, the value unprinted."""
+        env = _clean_env(monkeypatch) | {
+            "INVOICE_SYNC_OAUTH__CLIENT_SECRET": "real-secret",
+            variable: value,
+        }
+        result = _cli("config", env=env)
+        assert result.returncode == 2, result.stdout
+        assert variable in result.stderr
+        assert "LEAK" not in result.stdout + result.stderr
+
+    def test_credential_named_extra_param_is_masked(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A client assertion in extra_params prints as [redacted]; an audience stays readable."""
+        params = '{"client_assertion": "eyJhbGciOi.LEAKjwt.sig", "audience": "https://api"}'
+        env = _clean_env(monkeypatch) | {"INVOICE_SYNC_OAUTH__EXTRA_PARAMS": params}
+        result = _cli("config", env=env)
+        assert result.returncode == 0, result.stderr
+        shown = json.loads(result.stdout)["oauth"]["extra_params"]
+        assert shown == {"client_assertion": "[redacted]", "audience": "https://api"}
+        assert "LEAK" not in result.stdout + result.stderr
+
     def test_invalid_config_names_setting_not_value(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bad setting stops start-up naming the variable and rule, without the secret."""
         env = _clean_env(monkeypatch) | {

@@ -28,7 +28,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
 from worker.errors import SettingsError
+from worker.logs import REDACTED, names_credential
 
 __all__ = [
     "ENV_PREFIX",
@@ -267,7 +268,7 @@ class ApiSettings(_Group):
     def _key_when_api_key_mode(self) -> ApiSettings:
         if self.auth_mode == "api_key" and self.api_key is None:
             raise ValueError("api_key is required when auth_mode is api_key")
-        _require_https("base_url", self.base_url, allow_insecure=self.allow_insecure_http)
+        _require_safe_url("base_url", self.base_url, allow_insecure=self.allow_insecure_http)
         return self
 
 
@@ -321,7 +322,7 @@ class OAuthSettings(_Group):
 
     @model_validator(mode="after")
     def _https_only(self) -> OAuthSettings:
-        _require_https("token_url", self.token_url, allow_insecure=self.allow_insecure_http)
+        _require_safe_url("token_url", self.token_url, allow_insecure=self.allow_insecure_http)
         host = urlsplit(self.token_url).hostname or ""
         if self.client_secret.get_secret_value() == DEMO_CLIENT_SECRET and not _is_loopback(host):
             raise ValueError(
@@ -331,7 +332,9 @@ class OAuthSettings(_Group):
                 "or INVOICE_SYNC_OAUTH__CLIENT_SECRET or its _FILE)"
             )
         if self.revoke_url:
-            _require_https("revoke_url", self.revoke_url, allow_insecure=self.allow_insecure_http)
+            _require_safe_url(
+                "revoke_url", self.revoke_url, allow_insecure=self.allow_insecure_http
+            )
         return self
 
     @field_validator("extra_params")
@@ -362,7 +365,7 @@ class LedgerSettings(_Group):
         scheme = urlsplit(value).scheme
         if scheme not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError("must start with sqlite:/// or postgresql://")
-        if "@" in value and ":" in urlsplit(value).netloc.split("@")[0]:
+        if _credential_in_url(value):
             raise ValueError("must not embed a password; set ledger.password instead")
         return value
 
@@ -587,10 +590,28 @@ def url_security_problem(name: str, url: str, *, allow_insecure: bool) -> str | 
     )
 
 
-def _require_https(name: str, url: str, *, allow_insecure: bool) -> None:
+def _require_safe_url(name: str, url: str, *, allow_insecure: bool) -> None:
     problem = url_security_problem(name, url, allow_insecure=allow_insecure)
     if problem:
         raise ValueError(problem)
+    carried = _credential_in_url(url)
+    if carried:
+        raise ValueError(f"{name} must not carry a credential ({carried}); use its own setting")
+
+
+def _credential_in_url(url: str) -> str | None:
+    """What credential ``url`` carries, described by name only (never its value), or None.
+
+    A URL is printed by ``invoice-sync config`` and may reach logs and error messages, where
+    only settings typed as secrets are masked.
+    """
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return "a password in its user part"
+    for key, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if names_credential(key):
+            return f"the query parameter {key}"
+    return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -767,8 +788,18 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as JSON-ready data, every secret shown as ``**********``."""
-    return settings.model_dump(mode="json")
+    """The effective configuration as JSON-ready data, every secret shown as ``**********``.
+
+    Besides the fields typed as secrets, an extra token parameter whose name names a
+    credential (``client_assertion``, say) is shown as ``[redacted]``: it travels to the token
+    endpoint like the client secret. URLs cannot carry credentials (refused at load).
+    """
+    data = settings.model_dump(mode="json")
+    extra = data["oauth"]["extra_params"]
+    data["oauth"]["extra_params"] = {
+        key: REDACTED if names_credential(key) else value for key, value in extra.items()
+    }
+    return data
 
 
 def env_var_names() -> dict[str, FieldInfo]:
