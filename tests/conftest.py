@@ -12,6 +12,7 @@ for _name in [n for n in os.environ if n.upper().startswith("INVOICE_SYNC_")]:
 
 pytest_plugins = [
     "tests.plugins.kafka",
+    "tests.plugins.logs",
     "tests.plugins.postgres",
     "tests.plugins.sandbox",
     "tests.plugins.prometheus",

@@ -145,18 +145,7 @@ class TestDeadLetters:
         settings = _settings(kafka_bootstrap, topic)
         await _write(settings, topic)
         assert await replay_dlq(settings, reason="invalid_buyer_vat", dry_run=False) == 0
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            batch = await consumer.getmany(timeout_ms=5000)
-            records = [r for rs in batch.values() for r in rs]
-        finally:
-            await consumer.stop()
+        records = await _source_records(kafka_bootstrap, topic)
         assert [(r.key, r.value) for r in records] == [(b"ORD-2", b'{"order_id": "ORD-2"}')]
         assert ("x-replayed-from-dlq", b"1") in list(records[0].headers)
 

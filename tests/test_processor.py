@@ -6,8 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +19,6 @@ from worker.api import AccountingApi
 from worker.auth import build_auth
 from worker.errors import InsufficientScope, NoOriginalInvoice, UnknownSku, UnmappableOrder
 from worker.ledger import ClaimStatus, Ledger, LedgerKey, open_ledger
-from worker.logs import configure_logging, reset_logging
 from worker.mapping import LedgerKey as PlanKey
 from worker.mapping import idempotency_key
 from worker.processor import EventProcessor
@@ -214,25 +212,9 @@ class TestReconciliation:
         assert (await ledger.get(LedgerKey("store-1001", "invoice", "ORD-1001"))) is not None
 
 
-@pytest.fixture
-def info_log() -> Iterator[io.StringIO]:
-    """The JSON log pipeline at INFO, writing to a buffer; restored afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    buf = io.StringIO()
-    configure_logging(level="INFO", fmt="json", stream=buf)
-    yield buf
-    reset_logging()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
 class TestSkipped:
     async def test_unknown_type_is_skipped_and_said_once_per_type(
-        self, sandbox: Sandbox, make_processor: Make, info_log: io.StringIO
+        self, sandbox: Sandbox, make_processor: Make, json_logs: io.StringIO
     ) -> None:
         """order.payed (a typo) and order.shipped: skipped, one INFO line for each type."""
         processor, _ = await make_processor(sandbox)
@@ -240,7 +222,7 @@ class TestSkipped:
         for event_type in ("order.payed", "order.payed", "order.shipped", "order.created"):
             result = await processor.handle(_rec({**paid, "event_type": event_type}))
             assert result.outcome == "skipped"
-        lines = [json.loads(line) for line in info_log.getvalue().splitlines()]
+        lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
         said = [ln["event_type"] for ln in lines if ln["event"] == "event.unknown_type_skipped"]
         assert said == ["order.payed", "order.shipped"]  # order.created is a contract type
         assert sandbox.stats()["invoices"] == 0
