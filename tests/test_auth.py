@@ -999,6 +999,12 @@ class socket_port:
         self._sock.close()
 
 
+async def _refresh_token_sandbox(sandbox_factory: SandboxFactory, leak_scan: Leaks) -> Sandbox:
+    """A sandbox whose demo client is issued refresh tokens, watched by the leak scan."""
+    spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
+    return leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+
+
 class TestRefreshTokens:
     @staticmethod
     async def _first_refresh_token(sbx: Sandbox) -> str:
@@ -1018,8 +1024,7 @@ class TestRefreshTokens:
         self, sandbox_factory: SandboxFactory, provider_factory: Any, leak_scan: Leaks
     ) -> None:
         """With the client-credentials grant a returned refresh token is never used."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         provider = await provider_factory(oauth_settings(sbx.url))
         first = await provider.token()
         provider.invalidate(first)
@@ -1030,8 +1035,7 @@ class TestRefreshTokens:
         self, sandbox_factory: SandboxFactory, provider_factory: Any, leak_scan: Leaks
     ) -> None:
         """Each refresh spends the newest refresh token; reusing an old one would fail."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         initial = await self._first_refresh_token(sbx)
         provider = await provider_factory(oauth_settings(sbx.url, refresh_token=initial))
         assert provider.grant == "refresh_token"
@@ -1047,8 +1051,7 @@ class TestRefreshTokens:
         self, sandbox_factory: SandboxFactory, leak_scan: Leaks
     ) -> None:
         """API requests carry the access token only; no refresh token in any header or URL."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         initial = await self._first_refresh_token(sbx)
         seen: list[str] = []
 
@@ -1075,8 +1078,7 @@ class TestRefreshTokens:
         self, sandbox_factory: SandboxFactory, provider_factory: Any, leak_scan: Leaks
     ) -> None:
         """invalid_grant from the refresh grant is a configuration fault, not retried."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         initial = await self._first_refresh_token(sbx)
         first = await provider_factory(oauth_settings(sbx.url, refresh_token=initial))
         await first.token()  # spends `initial`
@@ -1184,8 +1186,7 @@ class TestFaultMemory:
         sandbox_factory: SandboxFactory, leak_scan: Leaks, kind: str
     ) -> tuple[Sandbox, OAuthSettings]:
         """A sandbox and settings it refuses with ``kind`` (invalid_client or invalid_grant)."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         if kind == "invalid_client":
             return sbx, oauth_settings(sbx.url, client_secret="wrong-secret-value-123")
         spent = await TestRefreshTokens._first_refresh_token(sbx)
@@ -1297,8 +1298,7 @@ class TestRefreshTokenFile:
     ) -> None:
         """Rotation writes the new refresh token to the file it came from (0600, atomic); a
         second provider started from that file gets a token, and no grant is revoked."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         initial = await TestRefreshTokens._first_refresh_token(sbx)
         path = tmp_path / "refresh-token"
         path.write_text(initial + "\n")
@@ -1342,8 +1342,7 @@ class TestRefreshTokenFile:
         """oauth__refresh_token in INVOICE_SYNC_SECRETS_DIR names its file; when
         INVOICE_SYNC_OAUTH__REFRESH_TOKEN wins over it, the file (another token) is left
         alone with one warning."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         in_file = await TestRefreshTokens._first_refresh_token(sbx)
         in_env = await TestRefreshTokens._first_refresh_token(sbx)
         path = tmp_path / "oauth__refresh_token"
@@ -1371,8 +1370,7 @@ class TestRefreshTokenFile:
     ) -> None:
         """A refresh-token file in a read-only folder (a Secret mount) gives one WARNING at
         start-up, naming no value; the file is left alone and the grant still works."""
-        spec = ClientSpec(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, ALL_SCOPES, refresh_tokens=True)
-        sbx = leak_scan.sandbox(await sandbox_factory(SandboxConfig(clients=[spec])))
+        sbx = await _refresh_token_sandbox(sandbox_factory, leak_scan)
         initial = await TestRefreshTokens._first_refresh_token(sbx)
         path = tmp_path / "oauth__refresh_token"
         path.write_text(initial)

@@ -89,10 +89,10 @@ from worker.metrics import (
 )
 from worker.retry import Backoff
 from worker.settings import (
-    RESERVED_TOKEN_PARAMS,
     ApiSettings,
     OAuthSettings,
     Settings,
+    grant_param_problem,
     url_security_problem,
 )
 
@@ -207,10 +207,13 @@ def _register_secret_forms(value: str, *, rotating: bool = False) -> None:
     lower-case hex of either (``%2f``). Each shape is a secret of its own: redacting only
     the raw value would let ``p%40ss+w%2Frd`` through a log line or an exception message.
     """
+    register_secret(*_encoded_shapes(value), rotating=rotating)
+
+
+def _encoded_shapes(value: str) -> set[str]:
+    """``value`` as sent in a form body or echoed by a server, raw or percent-encoded."""
     shapes = {value, quote_plus(value), quote(value, safe=""), quote(value)}
-    shapes |= {_PERCENT_HEX.sub(lambda m: m.group(0).lower(), s) for s in shapes}
-    for shape in shapes:
-        register_secret(shape, rotating=rotating)
+    return shapes | {_PERCENT_HEX.sub(lambda m: m.group(0).lower(), s) for s in shapes}
 
 
 def _short(text: object) -> str:
@@ -377,12 +380,9 @@ class ClientCredentialsProvider(TokenProvider):
         if settings.revoke_url:
             require_secure_url("oauth.revoke_url", settings.revoke_url, allow_insecure=insecure)
         # The settings refuse these at load; checked again for settings built in code.
-        clash = RESERVED_TOKEN_PARAMS & set(settings.extra_params)
-        if clash:
-            raise SettingsError(
-                f"oauth.extra_params must not set {', '.join(sorted(clash))}; "
-                "those parameters are set by the grant"
-            )
+        problem = grant_param_problem(settings.extra_params)
+        if problem:
+            raise SettingsError(f"oauth.extra_params {problem}")
         self._settings = settings
         self._clock = clock
         self._sleep = sleep
@@ -411,9 +411,11 @@ class ClientCredentialsProvider(TokenProvider):
         # server that decodes Basic without URL-decoding sees (and may echo) the encoded
         # pair, so every shape of it is registered, whichever method sends it.
         pair = f"{quote_plus(settings.client_id)}:{quote_plus(secret)}"
-        for shape in (pair, f"{settings.client_id}:{secret}"):
-            _register_secret_forms(shape)
-            register_secret(base64.b64encode(shape.encode()).decode("ascii"))
+        pairs = (pair, f"{settings.client_id}:{secret}")
+        register_secret(
+            *(shape for p in pairs for shape in _encoded_shapes(p)),
+            *(base64.b64encode(p.encode()).decode("ascii") for p in pairs),
+        )
         if settings.auth_method == "client_secret_basic":
             basic = base64.b64encode(pair.encode()).decode("ascii")
             headers["Authorization"] = f"Basic {basic}"
@@ -840,10 +842,12 @@ class ClientCredentialsProvider(TokenProvider):
         value = doc.get("access_token")
         if not isinstance(value, str) or not value:
             raise _Transient("no_access_token", status=200)
-        _register_secret_forms(value, rotating=True)
         new_refresh = doc.get("refresh_token")
-        if isinstance(new_refresh, str) and new_refresh:
-            _register_secret_forms(new_refresh, rotating=True)
+        if not isinstance(new_refresh, str) or not new_refresh:
+            new_refresh = None
+        # One call: the redaction pattern is rebuilt once per token response.
+        shapes = _encoded_shapes(value) | (_encoded_shapes(new_refresh) if new_refresh else set())
+        register_secret(*shapes, rotating=True)
 
         token_type = doc.get("token_type")
         if token_type is None:

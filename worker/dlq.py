@@ -442,8 +442,7 @@ async def replay_dlq(settings: Settings, *, reason: str | None, dry_run: bool) -
                 target = d.info.get("original-topic")
                 print(f"would replay offset {d.offset} reason={d.reason} to {target}")
             return 0 if read.complete else 1
-        done: dict[TopicPartition, int] = {}
-        sent, skipped = await _replay(settings, reader, read, chosen, done)
+        sent, skipped = await _replay(settings, reader, read, chosen)
     log.info(
         "dlq.replayed",
         count=sent,
@@ -461,10 +460,10 @@ async def _replay(
     reader: _Reader,
     read: DeadLetterRead,
     chosen: Sequence[DeadLetter],
-    done: dict[TopicPartition, int],
 ) -> tuple[int, int]:
     """Send ``chosen``; commit, even on failure, everything below the first letter not sent."""
     wanted = {(d.topic, d.partition, d.offset) for d in chosen}
+    done: dict[TopicPartition, int] = {}
     sent = skipped = 0
     producer = AIOKafkaProducer(**producer_options(settings.kafka))
     try:

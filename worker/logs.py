@@ -119,24 +119,26 @@ def _may_hold_pair(low: str) -> bool:
     return "token" in low or "secret" in low or "passw" in low or "key" in low or "assertion" in low
 
 
-def register_secret(value: str | None, *, rotating: bool = False) -> None:
-    """Remember a secret value so it is scrubbed from every future log line.
+def register_secret(*values: str | None, rotating: bool = False) -> None:
+    """Remember secret values so they are scrubbed from every future log line.
 
     ``rotating`` marks issued tokens: only the newest ``_MAX_ROTATING`` are kept. Values
-    shorter than six characters are ignored: they would scrub ordinary words.
+    shorter than six characters are ignored: they would scrub ordinary words. The pattern is
+    rebuilt once per call, so the shapes of one secret are best registered together.
     """
     global _known_pattern
-    if not value or len(value) < _MIN_SECRET_LEN:
-        return
+    new = [v for v in values if v and len(v) >= _MIN_SECRET_LEN]
     with _known_lock:
-        if value in _known or value in _rotating:
+        new = [v for v in new if v not in _known and v not in _rotating]
+        if not new:
             return
-        if rotating:
-            _rotating[value] = None
-            while len(_rotating) > _MAX_ROTATING:
-                _rotating.popitem(last=False)
-        else:
-            _known.add(value)
+        for value in new:
+            if rotating:
+                _rotating[value] = None
+            else:
+                _known.add(value)
+        while len(_rotating) > _MAX_ROTATING:
+            _rotating.popitem(last=False)
         # Longest first, so a secret that contains another is removed whole.
         ordered = sorted({*_known, *_rotating}, key=len, reverse=True)
         _known_pattern = re.compile("|".join(re.escape(s) for s in ordered))

@@ -60,6 +60,7 @@ __all__ = [
     "PlatformSettings",
     "Settings",
     "env_var_names",
+    "grant_param_problem",
     "load_settings",
     "masked_dump",
     "unknown_env_vars",
@@ -85,7 +86,7 @@ DEFAULT_SCOPES = (
     "credit_notes.write",
 )
 #: Token request parameters the grant sets itself; ``oauth.extra_params`` may not set them.
-RESERVED_TOKEN_PARAMS = frozenset(
+_RESERVED_TOKEN_PARAMS = frozenset(
     {"grant_type", "scope", "client_id", "client_secret", "refresh_token", "assertion"}
 )
 
@@ -340,11 +341,9 @@ class OAuthSettings(_Group):
     @field_validator("extra_params")
     @classmethod
     def _not_the_grants_own(cls, value: dict[str, str]) -> dict[str, str]:
-        clash = RESERVED_TOKEN_PARAMS & set(value)
-        if clash:
-            raise ValueError(
-                f"must not set {', '.join(sorted(clash))}; those parameters are set by the grant"
-            )
+        problem = grant_param_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
@@ -588,6 +587,14 @@ def url_security_problem(name: str, url: str, *, allow_insecure: bool) -> str | 
         f"{name} must use https:// (http is allowed only for loopback hosts or with "
         "allow_insecure_http=true)"
     )
+
+
+def grant_param_problem(params: Mapping[str, str]) -> str | None:
+    """Why ``oauth.extra_params`` cannot be sent, or None: it sets a parameter of the grant."""
+    clash = _RESERVED_TOKEN_PARAMS & set(params)
+    if not clash:
+        return None
+    return f"must not set {', '.join(sorted(clash))}; those parameters are set by the grant"
 
 
 def _require_safe_url(name: str, url: str, *, allow_insecure: bool) -> None:
