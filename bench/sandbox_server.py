@@ -37,7 +37,7 @@ from aiohttp import web
 
 from worker.sandbox.cli import add_arguments, config_from_args
 from worker.sandbox.ledger import Ledger
-from worker.sandbox.server import build_app
+from worker.sandbox.server import build_app, freeze_stored
 from worker.sandbox.state import SandboxState
 
 __all__ = ["BANNER", "TimedLedger", "main"]
@@ -152,7 +152,9 @@ async def _serve(args: argparse.Namespace) -> None:
         site = web.TCPSite(runner, args.host, args.port, backlog=1024)
         await site.start()
         print(f"{BANNER}http://{args.host}:{runner.addresses[0][1]}", flush=True)
+        freezer = asyncio.create_task(freeze_stored(state))  # as `invoice-sync sandbox` does
         await stop.wait()
+        freezer.cancel()
     finally:
         await runner.cleanup()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.plugins.sandbox import SandboxFactory, bearer, fetch_token
 from worker.sandbox import ClientSpec, Sandbox, SandboxConfig
+from worker.sandbox.server import freeze_stored
 
 Http = aiohttp.ClientSession
 VAT = "300000000000003"
@@ -413,3 +415,30 @@ class TestInspection:
         assert stats["resource_requests"] == 3
         assert stats["requests_by_status"] == {"200": 1, "201": 2, "404": 1}
         assert (stats["customers"], stats["products"]) == (1, 1)
+
+
+class TestFreezeStored:
+    """The sandbox process keeps its growing store out of full collections (see freeze_stored)."""
+
+    async def test_stored_invoices_are_frozen_and_an_idle_store_is_not(
+        self, seeded: Api, sandbox: Sandbox
+    ) -> None:
+        """After a document is stored the next pass freezes it; with nothing new, none runs."""
+        gc.unfreeze()  # this test owns the process's frozen generation for its duration
+        freezer = asyncio.create_task(freeze_stored(sandbox.state, every_s=0.02))
+        try:
+            assert (await seeded.post("/2.0/invoices", _invoice("F-1")))[0] == 201
+            invoice = next(reversed(sandbox.state.ledger.invoices.values()))
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if gc.get_freeze_count():
+                    break
+            assert gc.get_freeze_count() > 0
+            # The stored invoice is out of the collector's generations, so no pass walks it.
+            assert all(invoice is not o for o in gc.get_objects())
+            gc.unfreeze()
+            await asyncio.sleep(0.1)  # several passes, nothing stored meanwhile
+            assert gc.get_freeze_count() == 0
+        finally:
+            freezer.cancel()
+            gc.unfreeze()

@@ -25,7 +25,7 @@ from worker.sandbox.config import (
     SandboxConfig,
 )
 from worker.sandbox.faults import FaultRule, Faults
-from worker.sandbox.server import run_sandbox
+from worker.sandbox.server import freeze_stored, run_sandbox
 
 #: The module docstring as ``--help`` shows it (reST literals read badly on a terminal).
 _HELP = (__doc__ or "").replace("``", "")
@@ -129,7 +129,12 @@ async def _serve(config: SandboxConfig, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with run_sandbox(config, host=host, port=port) as sbx:
         print(f"sandbox listening on {sbx.url}", flush=True)
-        await stop.wait()
+        # This process is the sandbox: its store may be kept out of full collections.
+        freezer = asyncio.create_task(freeze_stored(sbx.state))
+        try:
+            await stop.wait()
+        finally:
+            freezer.cancel()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ still holding back a "slow success" response.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,10 @@ from worker.sandbox.faults import Decision, Faults, Target
 from worker.sandbox.oauth import REALM, revoke, token
 from worker.sandbox.state import STATE_KEY, SandboxState
 
-__all__ = ["Sandbox", "build_app", "run_sandbox"]
+__all__ = ["FREEZE_EVERY_S", "Sandbox", "build_app", "freeze_stored", "run_sandbox"]
+
+#: How often a sandbox process moves what its store kept out of the collector's reach.
+FREEZE_EVERY_S = 1.0
 
 _OUTAGE_HTML = (
     "<html><head><title>{status} Service Unavailable</title></head>"
@@ -172,3 +176,31 @@ async def run_sandbox(
         yield Sandbox(f"http://{url_host}:{bound_port}", state)
     finally:
         await runner.cleanup()
+
+
+async def freeze_stored(state: SandboxState, *, every_s: float = FREEZE_EVERY_S) -> None:
+    """Keep the in-memory store out of CPython's full collections; runs until cancelled.
+
+    The sandbox keeps every document it created, so its heap grows for as long as it
+    serves, and each full collection walks all of it: at 20,000-30,000 invoices one took
+    55-175 ms here, and every answer due meanwhile waited that long. That was the whole
+    latency tail the benchmark blamed on the worker (it lined up, pause for pause, with
+    the slow events). Stored documents live until the process ends, so once a second,
+    when something was stored, the young garbage is collected and everything alive is
+    frozen (``gc.freeze``): full collections then walk only what arrived since. Frozen
+    objects are still freed by reference counting; only a reference cycle that was alive
+    at a freeze and dies later is kept, which the young collection just before keeps rare.
+
+    For a process that is the sandbox (``invoice-sync sandbox``, the benchmark's sandbox
+    process): freezing is process-wide, so :func:`run_sandbox` inside another program
+    (tests, ``make demo``) does not start it.
+    """
+    stored = -1
+    while True:
+        await asyncio.sleep(every_s)
+        now = len(state.ledger.references)
+        if now == stored:
+            continue  # nothing new: an idle sandbox freezes nothing
+        stored = now
+        gc.collect(1)
+        gc.freeze()
