@@ -88,7 +88,7 @@ class Scale:
 
 
 FULL = Scale(s1_events=20_000, s2_events=20_000, serial_events=300, memory_events=100_000,
-             latency_s=15.0, runs=3)  # fmt: skip
+             latency_s=45.0, runs=3)  # fmt: skip
 QUICK = Scale(s1_events=4_000, s2_events=6_000, serial_events=100, memory_events=20_000,
               latency_s=6.0, runs=1)  # fmt: skip
 

@@ -432,6 +432,26 @@ class TestReadiness:
         finally:
             await admin.close()
 
+    async def test_missing_dead_letter_topic_is_one_configuration_error(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """A source topic without its `<topic>.dlq`: exit 2 at start-up, not at the first letter."""
+        source = await topic_factory("nodlq", partitions=1, with_dlq=False)
+        settings = _settings(kafka_bootstrap, source, sandbox.url, "sqlite:///ledger.db")
+        worker = worker_factory(_env(settings))
+        assert await worker.wait(60) == 2, worker.tail()
+        errors = [e for e in worker.log_events() if e.get("level") == "error"]
+        assert [e["event"] for e in errors] == ["worker.configuration_error"], worker.tail()
+        assert errors[0]["message"] == (
+            f"INVOICE_SYNC_KAFKA__DLQ_TOPIC: no such dead-letter topic on the cluster: "
+            f"{source}.dlq (create it; by default each source topic's is <topic>.dlq)"
+        )
+        assert not [e for e in worker.log_events() if e["event"] == "worker.joining_group"]
+
 
 async def _wait_for_readiness(
     worker: WorkerProcess, cond: Any, *, limit_s: float = 120

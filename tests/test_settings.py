@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from worker.errors import SettingsError
 from worker.settings import load_settings, settings_table_markdown, unknown_env_vars
@@ -138,7 +139,7 @@ class TestRules:
     def test_real_cluster_settings_accepted(self, tmp_path: Path) -> None:
         """SASL_SSL + SCRAM-SHA-512 + CA file is a valid Kafka configuration."""
         cafile = tmp_path / "ca.pem"
-        cafile.write_text("-----BEGIN CERTIFICATE-----\n")
+        trustme.CA().cert_pem.write_to_path(str(cafile))
         s = load_settings(
             kafka={
                 "bootstrap_servers": "b1:9096",
@@ -242,7 +243,23 @@ class TestClearErrors:
     def test_legal_topic_names_are_accepted(self) -> None:
         """Letters, digits, '.', '_' and '-' up to 249 characters are all fine."""
         topics = ["orders", "shop.orders_v1-eu", "..x", "t" * 249]
-        assert load_settings(kafka={"topics": topics}).kafka.topics == topics
+        kafka = {"topics": topics, "dlq_topic": "orders.dlq"}
+        assert load_settings(kafka=kafka).kafka.topics == topics
+
+    def test_topic_too_long_for_its_default_dlq_needs_one_named(self) -> None:
+        """`<topic>.dlq` must be a legal name too: 245 characters fit, 246 need a DLQ topic."""
+        assert load_settings(kafka={"topics": ["t" * 245]}).kafka.dlq_for("t" * 245) == (
+            "t" * 245 + ".dlq"
+        )
+        with pytest.raises(SettingsError) as caught:
+            load_settings(kafka={"topics": ["orders", "t" * 246]})
+        assert (
+            "INVOICE_SYNC_KAFKA__TOPICS: topics entry 2 is too long for its default dead-letter"
+            " topic <topic>.dlq" in str(caught.value)
+        )
+        assert "set INVOICE_SYNC_KAFKA__DLQ_TOPIC" in str(caught.value)
+        named = load_settings(kafka={"topics": ["t" * 246], "dlq_topic": "orders.dlq"})
+        assert named.kafka.dlq_for("t" * 246) == "orders.dlq"
 
     def test_illegal_dlq_topic_is_refused(self) -> None:
         """The dead-letter topic follows the same rule."""
@@ -287,6 +304,35 @@ class TestClearErrors:
             f"invalid configuration: INVOICE_SYNC_KAFKA__{name.upper()}: cannot read"
             f" {tmp_path} (Is a directory)"
         )
+
+    def test_tls_files_that_hold_no_certificate_are_refused_by_name(self, tmp_path: Path) -> None:
+        """Readable files that are not a CA, or a certificate and key that do not match."""
+        ca = trustme.CA()
+        good_ca, junk = tmp_path / "ca.pem", tmp_path / "junk.pem"
+        ca.cert_pem.write_to_path(str(good_ca))
+        junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+        with pytest.raises(SettingsError) as info:
+            load_settings(kafka={"security_protocol": "SSL", "ssl_cafile": str(junk)})
+        assert info.value.message.startswith(
+            f"invalid configuration: INVOICE_SYNC_KAFKA__SSL_CAFILE: ssl_cafile {junk} holds"
+            " no usable CA certificate ("
+        )
+        client = ca.issue_cert("worker@example.com")
+        cert, key, other_key = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "o.pem"
+        client.cert_chain_pems[0].write_to_path(str(cert))
+        client.private_key_pem.write_to_path(str(key))
+        ca.issue_cert("someone-else").private_key_pem.write_to_path(str(other_key))
+        tls = {"security_protocol": "SSL", "ssl_cafile": str(good_ca), "ssl_certfile": str(cert)}
+        assert load_settings(kafka=tls | {"ssl_keyfile": str(key)}).kafka.ssl_keyfile == key
+        with pytest.raises(SettingsError) as info:
+            load_settings(kafka=tls | {"ssl_keyfile": str(other_key)})
+        assert info.value.message.startswith(
+            f"invalid configuration: INVOICE_SYNC_KAFKA__SSL_CERTFILE: ssl_certfile {cert} and"
+            " its key do not make a usable client certificate ("
+        )
+        # The same files are not opened as TLS material when the protocol uses no TLS.
+        plain = load_settings(kafka={"ssl_cafile": str(junk)})
+        assert plain.kafka.ssl_cafile == junk
 
 
 class TestKafkaOptions:

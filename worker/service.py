@@ -156,11 +156,14 @@ async def _start(
 
 
 async def _require_topics(kafka: KafkaSettings) -> None:
-    """Refuse to start on a source topic the cluster does not have.
+    """Refuse to start on a source or dead-letter topic the cluster does not have.
 
-    Otherwise aiokafka asks for its metadata every 100 ms for ``request_timeout_ms`` (an error
-    line each time) and then fails with a bare ``UnknownTopicOrPartitionError``; or, where the
-    brokers auto-create topics, a misspelt name silently becomes a new, empty topic.
+    A missing source topic: aiokafka would ask for its metadata every 100 ms for
+    ``request_timeout_ms`` (an error line each time) and then fail with a bare
+    ``UnknownTopicOrPartitionError``; or, where the brokers auto-create topics, a misspelt
+    name would silently become a new, empty topic. A missing dead-letter topic would be found
+    by the first bad event, hours later perhaps: its write fails (``dlq.write_failed``) and
+    is retried while its partition stops committing, so the failure is told at start-up.
 
     Raises:
         SettingsError: naming the variable and the missing topics.
@@ -178,6 +181,12 @@ async def _require_topics(kafka: KafkaSettings) -> None:
         raise SettingsError(
             f"{ENV_PREFIX}KAFKA__TOPICS: no such topic on the cluster: {', '.join(missing)} "
             "(create it, or correct the name)"
+        )
+    dead = [t for t in dict.fromkeys(kafka.dlq_for(t) for t in kafka.topics) if t not in known]
+    if dead:
+        raise SettingsError(
+            f"{ENV_PREFIX}KAFKA__DLQ_TOPIC: no such dead-letter topic on the cluster: "
+            f"{', '.join(dead)} (create it; by default each source topic's is <topic>.dlq)"
         )
 
 

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -237,6 +238,47 @@ class KafkaSettings(_Group):
             except OSError as exc:
                 raise ValueError(f"cannot read {value} ({exc.strerror})") from None
         return value
+
+    @model_validator(mode="after")
+    def _default_dlq_names_legal(self) -> KafkaSettings:
+        # `<topic>.dlq` adds four characters: a 246-249 character topic has no legal default.
+        if self.dlq_topic is None:
+            for number, topic in enumerate(self.topics, start=1):
+                if not _is_topic_name(f"{topic}.dlq"):
+                    raise ValueError(
+                        f"topics entry {number} is too long for its default dead-letter topic"
+                        " <topic>.dlq (a topic name has at most 249 characters); set "
+                        f"{ENV_PREFIX}KAFKA__DLQ_TOPIC"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_usable(self) -> KafkaSettings:
+        # A readable file that holds no usable certificate or key would fail only when the
+        # client connects, as a bare ssl.SSLError (exit 1, no setting named): said here.
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return self
+        context = ssl.create_default_context()
+        if self.ssl_cafile is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.ssl_cafile))
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"ssl_cafile {self.ssl_cafile} holds no usable CA certificate "
+                    f"({exc.reason or 'not PEM'})"
+                ) from None
+        if self.ssl_certfile is not None:
+            keyfile = str(self.ssl_keyfile) if self.ssl_keyfile is not None else None
+            try:
+                # The password callback answers at once: an encrypted key (no setting takes
+                # its passphrase) must fail here, not wait for a passphrase on a terminal.
+                context.load_cert_chain(str(self.ssl_certfile), keyfile, password=lambda: b"")
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"ssl_certfile {self.ssl_certfile} and its key do not make a usable client "
+                    f"certificate ({exc.reason or 'not PEM'}; an encrypted key is not supported)"
+                ) from None
+        return self
 
     def dlq_for(self, topic: str) -> str:
         """The dead-letter topic for records read from ``topic``."""
