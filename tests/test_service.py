@@ -416,10 +416,7 @@ class TestReadiness:
         settings = _settings(kafka_bootstrap, present, sandbox.url, "sqlite:///ledger.db")
         env = _env(settings) | {"INVOICE_SYNC_KAFKA__TOPICS": json.dumps([present, missing])}
         worker = worker_factory(env)
-        assert await worker.wait(60) == 2, worker.tail()
-        errors = [e for e in worker.log_events() if e.get("level") == "error"]
-        assert [e["event"] for e in errors] == ["worker.configuration_error"], worker.tail()
-        assert errors[0]["message"] == (
+        assert await _configuration_error(worker) == (
             f"INVOICE_SYNC_KAFKA__TOPICS: no such topic on the cluster: {missing}"
             " (create it, or correct the name)"
         )
@@ -443,14 +440,19 @@ class TestReadiness:
         source = await topic_factory("nodlq", partitions=1, with_dlq=False)
         settings = _settings(kafka_bootstrap, source, sandbox.url, "sqlite:///ledger.db")
         worker = worker_factory(_env(settings))
-        assert await worker.wait(60) == 2, worker.tail()
-        errors = [e for e in worker.log_events() if e.get("level") == "error"]
-        assert [e["event"] for e in errors] == ["worker.configuration_error"], worker.tail()
-        assert errors[0]["message"] == (
+        assert await _configuration_error(worker) == (
             f"INVOICE_SYNC_KAFKA__DLQ_TOPIC: no such dead-letter topic on the cluster: "
             f"{source}.dlq (create it; by default each source topic's is <topic>.dlq)"
         )
         assert not [e for e in worker.log_events() if e["event"] == "worker.joining_group"]
+
+
+async def _configuration_error(worker: WorkerProcess) -> str:
+    """The message of the one error line of a worker that refused to start (exit 2)."""
+    assert await worker.wait(60) == 2, worker.tail()
+    errors = [e for e in worker.log_events() if e.get("level") == "error"]
+    assert [e["event"] for e in errors] == ["worker.configuration_error"], worker.tail()
+    return str(errors[0]["message"])
 
 
 async def _wait_for_readiness(
