@@ -495,9 +495,9 @@ def _id(resource: dict[str, Any]) -> int | str:
     raise ApiUnavailable("resource without a usable id")
 
 
-#: Which result stands for a record that became several events (the most telling first).
 #: Distinct unknown event types logged per process; later ones only count in the metric.
 _UNKNOWN_TYPES_LOGGED = 100
+#: Which result stands for a record that became several events (the most telling first).
 _OUTCOME_RANK = ("created", "reconciled", "void", "duplicate", "skipped")
 
 
