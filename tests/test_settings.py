@@ -194,7 +194,9 @@ class TestClearErrors:
 
     def test_demo_secret_refused_for_a_real_token_endpoint(self) -> None:
         """The sandbox's public demo secret is never sent to a non-loopback token URL."""
-        with pytest.raises(SettingsError, match="INVOICE_SYNC_OAUTH__CLIENT_SECRET"):
+        with pytest.raises(
+            SettingsError, match="INVOICE_SYNC_OAUTH__CLIENT_SECRET: client_secret is the local"
+        ):
             load_settings(oauth={"token_url": "https://auth.example.com/token"})
         ok = load_settings(
             oauth={"token_url": "https://auth.example.com/token", "client_secret": "real-one"}
@@ -260,6 +262,67 @@ class TestClearErrors:
         assert "set INVOICE_SYNC_KAFKA__DLQ_TOPIC" in str(caught.value)
         named = load_settings(kafka={"topics": ["t" * 246], "dlq_topic": "orders.dlq"})
         assert named.kafka.dlq_for("t" * 246) == "orders.dlq"
+
+    def test_dead_letter_topic_that_is_a_source_is_refused(self) -> None:
+        """A DLQ the worker also reads would dead-letter one bad record forever."""
+        with pytest.raises(SettingsError) as named:
+            load_settings(kafka={"topics": ["loop"], "dlq_topic": "loop"})
+        assert "INVOICE_SYNC_KAFKA__DLQ_TOPIC: dlq_topic loop is also a source topic" in str(
+            named.value
+        )
+        with pytest.raises(SettingsError) as default:
+            load_settings(kafka={"topics": ["orders", "orders.dlq"]})
+        assert (
+            "INVOICE_SYNC_KAFKA__TOPICS: topics entry 2 (orders.dlq) is the default dead-letter"
+            " topic of entry 1" in str(default.value)
+        )
+        # Reading a dead-letter topic is fine when its letters go elsewhere.
+        ok = load_settings(kafka={"topics": ["orders", "orders.dlq"], "dlq_topic": "all.dlq"})
+        assert ok.kafka.dlq_for("orders.dlq") == "all.dlq"
+
+    @pytest.mark.parametrize("servers", ["", "nohostport", "host:99999", "a:9092,:9092", "h:x"])
+    def test_bootstrap_servers_must_be_host_port(self, servers: str) -> None:
+        """aiokafka would take these and fail at start-up without naming the setting."""
+        with pytest.raises(
+            SettingsError, match=r"INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS: entry .* is not host:port"
+        ):
+            load_settings(kafka={"bootstrap_servers": servers})
+
+    def test_bootstrap_servers_list_is_trimmed(self) -> None:
+        settings = load_settings(kafka={"bootstrap_servers": " b1:9092 , [::1]:9093"})
+        assert settings.kafka.bootstrap_servers == "b1:9092,[::1]:9093"
+
+    def test_heartbeat_must_be_below_session_timeout(self) -> None:
+        with pytest.raises(SettingsError, match="HEARTBEAT_INTERVAL_MS: heartbeat_interval_ms"):
+            load_settings(kafka={"heartbeat_interval_ms": 20_000})
+
+    def test_empty_client_secret_is_refused(self) -> None:
+        """An empty variable is refused as an empty secret file is, not at the token endpoint."""
+        with pytest.raises(SettingsError, match="OAUTH__CLIENT_SECRET: client_secret is empty"):
+            load_settings(oauth={"client_secret": ""})
+
+    @pytest.mark.parametrize("group", ["oauth", "pipeline"])
+    def test_backoff_base_above_max_is_refused(self, group: str) -> None:
+        with pytest.raises(
+            SettingsError, match=rf"{group.upper()}__BACKOFF_BASE_S: backoff_base_s .* above"
+        ):
+            load_settings(**{group: {"backoff_base_s": 100, "backoff_max_s": 1}})
+
+    def test_fault_backoff_below_base_is_refused(self) -> None:
+        with pytest.raises(SettingsError, match="CONFIG_FAULT_BACKOFF_MAX_S: config_fault"):
+            load_settings(pipeline={"config_fault_backoff_max_s": 0.1})
+
+    def test_renew_on_status_takes_client_errors_only(self) -> None:
+        with pytest.raises(SettingsError, match="OAUTH__RENEW_ON_STATUS: every status"):
+            load_settings(oauth={"renew_on_status": [401, 200]})
+        assert load_settings(oauth={"renew_on_status": [401, 403]}).oauth.renew_on_status == [
+            401,
+            403,
+        ]
+
+    def test_stop_when_idle_must_be_positive(self) -> None:
+        with pytest.raises(SettingsError, match="PIPELINE__STOP_WHEN_IDLE_S"):
+            load_settings(pipeline={"stop_when_idle_s": -5})
 
     def test_illegal_dlq_topic_is_refused(self) -> None:
         """The dead-letter topic follows the same rule."""

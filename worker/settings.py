@@ -280,6 +280,48 @@ class KafkaSettings(_Group):
                 ) from None
         return self
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        # aiokafka takes "", "nohostport" or "host:99999" and fails only at start-up, as a
+        # KafkaConnectionError that names no setting (exit 1, not 2).
+        entries = [entry.strip() for entry in value.split(",")]
+        for number, entry in enumerate(entries, start=1):
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"entry {number} is not host:port with a port from 1 to 65535")
+        return ",".join(entries)
+
+    @model_validator(mode="after")
+    def _dlq_not_a_source(self) -> KafkaSettings:
+        # A dead letter written to a topic the worker reads would be read, fail the same way
+        # and be dead-lettered again: one bad record would loop forever.
+        for number, topic in enumerate(self.topics, start=1):
+            dlq = self.dlq_for(topic)
+            if dlq not in self.topics:
+                continue
+            if self.dlq_topic:
+                raise ValueError(
+                    f"dlq_topic {dlq} is also a source topic: dead letters would be read back "
+                    "and dead-lettered again without end"
+                )
+            raise ValueError(
+                f"topics entry {self.topics.index(dlq) + 1} ({dlq}) is the default dead-letter "
+                f"topic of entry {number}: dead letters would be read back and dead-lettered "
+                f"again without end (name another with {ENV_PREFIX}KAFKA__DLQ_TOPIC)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        # A heartbeat slower than the session timeout gets the member evicted between beats.
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"session_timeout_ms ({self.session_timeout_ms}); Kafka advises a third of it"
+            )
+        return self
+
     def dlq_for(self, topic: str) -> str:
         """The dead-letter topic for records read from ``topic``."""
         return self.dlq_topic or f"{topic}.dlq"
@@ -367,18 +409,35 @@ class OAuthSettings(_Group):
     def _https_only(self) -> OAuthSettings:
         _require_safe_url("token_url", self.token_url, allow_insecure=self.allow_insecure_http)
         host = urlsplit(self.token_url).hostname or ""
-        if self.client_secret.get_secret_value() == DEMO_CLIENT_SECRET and not _is_loopback(host):
+        secret = self.client_secret.get_secret_value()
+        if not secret.strip():
+            # Empty through a _FILE is refused when the file is read; an empty variable is
+            # refused here, not at the token endpoint as an invalid_client pause.
+            raise ValueError("client_secret is empty")
+        if secret == DEMO_CLIENT_SECRET and not _is_loopback(host):
             raise ValueError(
-                "client_secret must be set for a token_url that is not the local sandbox "
-                "(the default is the sandbox's public demo secret; set the file "
-                "oauth__client_secret in the secrets directory, "
-                "or INVOICE_SYNC_OAUTH__CLIENT_SECRET or its _FILE)"
+                "client_secret is the local sandbox's public demo secret, and token_url is not "
+                "the local sandbox: set the real secret (the file oauth__client_secret in the "
+                "secrets directory, or INVOICE_SYNC_OAUTH__CLIENT_SECRET or its _FILE)"
             )
         if self.revoke_url:
             _require_safe_url(
                 "revoke_url", self.revoke_url, allow_insecure=self.allow_insecure_http
             )
         return self
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> OAuthSettings:
+        _require_backoff_order(self.backoff_base_s, self.backoff_max_s)
+        return self
+
+    @field_validator("renew_on_status")
+    @classmethod
+    def _client_errors_only(cls, value: list[int]) -> list[int]:
+        # Renewing on a success or a server error would fetch a token per answer.
+        if any(not 400 <= status <= 499 for status in value):
+            raise ValueError("every status must be a 4xx client error, such as 401")
+        return value
 
     @field_validator("extra_params")
     @classmethod
@@ -476,13 +535,31 @@ class PipelineSettings(_Group):
     lookup_cache_size: int = Field(10_000, ge=0, description="Customer/product ids cached.")
     lookup_cache_ttl_s: float = Field(3600.0, ge=0, description="Lookup cache entry lifetime.")
     stop_when_idle_s: float | None = Field(
-        None, description="Exit after this long with no lag and nothing in flight (demo, bench)."
+        None,
+        gt=0,
+        description="Exit after this long with no lag and nothing in flight (demo, bench).",
     )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto",
         description="Event loop of `run`: uvloop (less CPU per invoice), asyncio, or auto "
         "(uvloop where installed).",
     )
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> PipelineSettings:
+        _require_backoff_order(self.backoff_base_s, self.backoff_max_s)
+        if self.config_fault_backoff_max_s < self.backoff_base_s:
+            raise ValueError(
+                f"config_fault_backoff_max_s ({self.config_fault_backoff_max_s}) must not be "
+                f"below backoff_base_s ({self.backoff_base_s})"
+            )
+        return self
+
+
+def _require_backoff_order(base_s: float, max_s: float) -> None:
+    """A first backoff above the largest would be clipped silently to the largest."""
+    if base_s > max_s:
+        raise ValueError(f"backoff_base_s ({base_s}) must not be above backoff_max_s ({max_s})")
 
 
 class HttpServerSettings(_Group):
