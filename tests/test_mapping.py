@@ -94,12 +94,39 @@ class TestOptions:
             {"total_tolerance": Decimal("-0.01")},
             {"due_days": -1},
             {"invoice_trigger": "order.shipped"},
+            {"reference_template": "{store_id}"},
+            {"reference_template": "{order_id}-{branch}"},
+            {"reference_template": "{order_id:>12}"},
+            {"reference_template": "{}{order_id}"},
+            {"reference_template": "{order_id"},
         ],
     )
     def test_bad_options_raise_settings_error(self, kwargs: dict[str, Any]) -> None:
         """Unknown zones, triggers without an order, negative tolerance or due days: refused."""
         with pytest.raises(SettingsError):
             MappingOptions(**kwargs)
+
+
+class TestReferences:
+    def test_default_reference_is_the_order_id(self) -> None:
+        assert MappingOptions().reference_template == "{order_id}"
+        assert _plan(_b2b()).reference == "ORD-1001"
+
+    def test_template_with_store_reaches_every_document(self) -> None:
+        """The invoice takes the template; its credit notes extend it, and find it by it."""
+        options = MappingOptions(reference_template="{store_id}/{order_id}")
+        invoice = _plan(_b2b(), options)
+        assert (invoice.reference, invoice.invoice_reference) == (
+            "store-1001/ORD-1001",
+            "store-1001/ORD-1001",
+        )
+        refund = _plan(_data("order.refunded.json"), options)
+        assert refund.reference == "store-1001/ORD-1001-CN-RF-77"
+        assert refund.invoice_reference == "store-1001/ORD-1001"
+        cancel = _plan(_data("order.cancelled.json"), options)
+        assert cancel.reference == "store-1001/ORD-1002-CN-cancel"
+        # The ledger key does not change with the reference: it holds the store already.
+        assert invoice.ledger_key == _plan(_b2b()).ledger_key
 
 
 class TestLedgerKey:

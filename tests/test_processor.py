@@ -17,7 +17,13 @@ from pydantic import SecretStr
 
 from worker.api import AccountingApi
 from worker.auth import build_auth
-from worker.errors import InsufficientScope, NoOriginalInvoice, UnknownSku, UnmappableOrder
+from worker.errors import (
+    InsufficientScope,
+    NoOriginalInvoice,
+    ReferenceConflict,
+    UnknownSku,
+    UnmappableOrder,
+)
 from worker.ledger import ClaimStatus, Ledger, LedgerKey, open_ledger
 from worker.mapping import LedgerKey as PlanKey
 from worker.mapping import idempotency_key
@@ -210,6 +216,77 @@ class TestReconciliation:
         assert (await second.handle(_rec(changed))).outcome == "reconciled"
         assert sandbox.stats()["invoices"] == 1
         assert (await ledger.get(LedgerKey("store-1001", "invoice", "ORD-1001"))) is not None
+
+
+class TestReferenceConflicts:
+    """Two stores' orders with one id meet at the API's reference: never adopt the other's."""
+
+    @staticmethod
+    def _other_store(event: dict[str, Any], store: str = "store-2002") -> dict[str, Any]:
+        other = _event("order.paid.individual-arabic.json")  # another buyer, another total
+        return {
+            **other,
+            "order_id": event["order_id"],
+            "event_id": "evt-s2",
+            "source": {**other["source"], "store_id": store},
+        }
+
+    async def test_other_stores_invoice_is_not_recorded_as_ours(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """'Reference taken' by another store's invoice: reference_conflict, no adoption."""
+        processor, ledger = await make_processor(sandbox)
+        event = _event("order.paid.business-b2b.json")
+        assert (await processor.handle(_rec(event))).outcome == "created"
+        with pytest.raises(ReferenceConflict) as caught:
+            await processor.handle(_rec(self._other_store(event)))
+        assert caught.value.reason == "reference_conflict"
+        assert caught.value.details["differs"] == "contact,total"
+        assert caught.value.details["reference"] == "ORD-1001"
+        entry = await ledger.get(LedgerKey("store-2002", "invoice", "ORD-1001"))
+        assert entry is not None
+        assert (entry.state, entry.last_error) == ("dead_lettered", "reference_conflict")
+        assert sandbox.stats()["invoices"] == 1
+
+    async def test_same_buyer_other_total_is_a_conflict_after_a_crash(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """A claim left by a crash finds the reference taken by a different total: refused."""
+        processor, ledger = await make_processor(sandbox)
+        event = _event("order.paid.business-b2b.json")
+        await processor.handle(_rec(event))
+        other = copy.deepcopy(event)
+        other["event_id"] = "evt-s2"
+        other["source"]["store_id"] = "store-2002"
+        other["order"]["lines"] = other["order"]["lines"][:1]  # without the tea: 923.47
+        other["order"]["totals"]["total"] = "923.47"
+        key = LedgerKey("store-2002", "invoice", "ORD-1001")
+        idem = idempotency_key(PlanKey("store-2002", "invoice", "ORD-1001", None))
+        await ledger.claim(key, idempotency_key=idem, reference="ORD-1001", event_id="evt-s2")
+        with pytest.raises(ReferenceConflict) as caught:
+            await processor.handle(_rec(other))
+        assert caught.value.details["differs"] == "total"
+        assert sandbox.stats()["invoices"] == 1
+
+    async def test_store_in_the_reference_keeps_stores_apart(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """With {store_id} in the template each store's order gets its own invoice."""
+        processor, _ = await make_processor(sandbox, reference_template="{store_id}-{order_id}")
+        event = _event("order.paid.business-b2b.json")
+        assert (await processor.handle(_rec(event))).outcome == "created"
+        assert (await processor.handle(_rec(self._other_store(event)))).outcome == "created"
+        refund = _event("order.refunded.json")
+        assert (await processor.handle(_rec(refund))).outcome == "created"
+        stats = sandbox.stats()
+        assert (stats["invoices"], stats["credit_notes"], stats["duplicate_references"]) == (
+            2,
+            1,
+            0,
+        )
+        references = set(sandbox.state.ledger.references)
+        assert {"store-1001-ORD-1001", "store-2002-ORD-1001"} <= references
+        assert "store-1001-ORD-1001-CN-RF-77" in references
 
 
 class TestSkipped:

@@ -148,6 +148,16 @@ class ApiRejected(PermanentEventError):
     reason = "api_rejected"
 
 
+class ReferenceConflict(PermanentEventError):
+    """The API holds a document under this event's reference that is not this order's.
+
+    Another store's order with the same id (see ``mapping.reference_template``), or a
+    document made by hand: adopting it would leave this order without its own invoice.
+    """
+
+    reason = "reference_conflict"
+
+
 # --- transient: the world is briefly wrong, back off and retry ----------------------------
 
 
@@ -243,6 +253,7 @@ DLQ_REASONS: frozenset[str] = frozenset(
         NoOriginalInvoice,
         BadSignature,
         ApiRejected,
+        ReferenceConflict,
     )
 ) | {"retries_exhausted"}
 

@@ -25,8 +25,8 @@ construction. With VAT-inclusive prices each line's net is rounded on its own, s
 drift by a few minor units; a drift beyond ``total_tolerance`` raises ``UnmappableOrder``
 rather than posting a document that disagrees with the customer's receipt.
 
-References: invoice ``{order_id}``; refund credit note ``{order_id}-CN-{refund_id}``;
-cancellation credit note ``{order_id}-CN-cancel``.
+References: invoice ``{order_id}`` (``mapping.reference_template``); refund credit note
+``<invoice reference>-CN-{refund_id}``; cancellation credit note ``<invoice reference>-CN-cancel``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from string import Formatter
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -146,6 +147,9 @@ class MappingOptions:
     inventory_id: int | None = None
     #: Exposed for the I/O layer: when False it raises ``UnknownSku`` instead of creating.
     create_missing_products: bool = True
+    #: The invoice's API reference; credit notes append ``-CN-...`` to it. ``{store_id}`` keeps
+    #: two stores' equal order ids apart when they share one accounting organisation.
+    reference_template: str = "{order_id}"
 
     def __post_init__(self) -> None:
         try:
@@ -159,6 +163,39 @@ class MappingOptions:
             raise SettingsError("mapping.total_tolerance: must not be negative")
         if self.due_days < 0:
             raise SettingsError("mapping.due_days: must not be negative")
+        problem = reference_template_problem(self.reference_template)
+        if problem:
+            raise SettingsError(f"mapping.reference_template: {problem}")
+
+    def invoice_reference(self, event: OrderEvent) -> str:
+        """The reference of the order's invoice, which its credit notes' references extend."""
+        if self.reference_template == "{order_id}":
+            return event.order_id
+        return self.reference_template.format(
+            order_id=event.order_id, store_id=event.source.store_id
+        )
+
+
+def reference_template_problem(template: str) -> str | None:
+    """Why ``template`` cannot make references (``None`` when it can).
+
+    It must name ``{order_id}``, so every order has its own reference, and may name
+    ``{store_id}``; nothing else is known when the reference is built.
+    """
+    try:
+        parsed = Formatter().parse(template)
+        parts = [(name, spec, conv) for _, name, spec, conv in parsed if name is not None]
+    except ValueError as exc:
+        return f"not a template ({exc})"
+    if any(spec or conv for _, spec, conv in parts):
+        return "placeholders take no format spec or conversion"
+    fields = {name for name, _, _ in parts}
+    if "order_id" not in fields:
+        return "must contain {order_id}"
+    unknown = fields - {"order_id", "store_id"}
+    if unknown:
+        return f"unknown placeholder(s) {sorted(unknown)}; only {{order_id}} and {{store_id}}"
+    return None
 
 
 class LedgerKey(NamedTuple):
@@ -690,8 +727,8 @@ def plan_document(
             kind=kind,
             ledger_key=key,
             idempotency_key=idem_key,
-            reference=f"{event.order_id}-CN-cancel",
-            invoice_reference=event.order_id,
+            reference=f"{options.invoice_reference(event)}-CN-cancel",
+            invoice_reference=options.invoice_reference(event),
             invoice_kind=None,
             issue_date=issue_date,
             due_date=None,
@@ -721,14 +758,15 @@ def plan_document(
     declared: Decimal | None = order.totals.total
     lines = priced.lines
     due_date: date | None = None
+    invoice_reference = options.invoice_reference(event)
     if kind == "invoice":
-        reference, reason = event.order_id, None
+        reference, reason = invoice_reference, None
         due_date = issue_date + timedelta(days=options.due_days)
     elif event.refund is None:  # order.cancelled
-        reference, reason = f"{event.order_id}-CN-cancel", event.reason or _DEFAULT_REASON
+        reference, reason = f"{invoice_reference}-CN-cancel", event.reason or _DEFAULT_REASON
     else:
         lines = _refund_lines(event.refund, order, priced)
-        reference = f"{event.order_id}-CN-{event.refund.refund_id}"
+        reference = f"{invoice_reference}-CN-{event.refund.refund_id}"
         reason = event.refund.reason or event.reason or f"Refund {event.refund.refund_id}"
         sent = compute_document(
             [line.line_input() for line in lines],
@@ -743,7 +781,7 @@ def plan_document(
         ledger_key=key,
         idempotency_key=idem_key,
         reference=reference,
-        invoice_reference=event.order_id,
+        invoice_reference=invoice_reference,
         invoice_kind=invoice_kind,
         issue_date=issue_date,
         due_date=due_date,

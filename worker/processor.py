@@ -35,6 +35,7 @@ from worker.errors import (
     DuplicateReference,
     NoOriginalInvoice,
     PermanentEventError,
+    ReferenceConflict,
     TransientError,
     UnknownSku,
     UnmappableOrder,
@@ -131,6 +132,7 @@ def mapping_options(settings: Settings) -> MappingOptions:
         total_tolerance=Decimal(m.total_tolerance),
         inventory_id=settings.api.inventory_id,
         create_missing_products=m.create_missing_products,
+        reference_template=m.reference_template,
     )
 
 
@@ -264,6 +266,7 @@ class EventProcessor:
             if claim.status is ClaimStatus.RESUME:
                 found = await self._find(kind, plan.reference)
                 if found is not None:
+                    self._check_ours(kind, plan, found, body=None)
                     await self._ledger.complete(key, document_id=str(found["id"]), payload=None)
                     log.info(
                         "document.reconciled",
@@ -330,7 +333,54 @@ class EventProcessor:
                 raise ApiUnavailable(
                     "reference reported taken but not found yet", reference=plan.reference
                 ) from None
+            self._check_ours(kind, plan, found, body=body)
             return found, "reconciled"
+
+    def _check_ours(
+        self,
+        kind: str,
+        plan: DocumentPlan,
+        found: Mapping[str, Any],
+        *,
+        body: Mapping[str, object] | None,
+    ) -> None:
+        """Refuse to record as ours a document under our reference that another order made.
+
+        An earlier attempt of this event (its answer lost) made the same document: the same
+        contact and the total its lines add up to. Two stores' orders with one id (when
+        ``mapping.reference_template`` lacks ``{store_id}``), or a document entered by hand,
+        differ in one or the other; recording it would leave this order without an invoice.
+        The total is compared where the plan knows what it sent (not for a cancellation,
+        whose lines depend on earlier refunds), the contact once the body is built.
+
+        Raises:
+            ReferenceConflict: the contact or the total differs (``details["differs"]``).
+        """
+        differs = []
+        inner = body.get(kind) if body is not None else None
+        if (
+            isinstance(inner, Mapping)
+            and "contact_id" in found
+            and str(found["contact_id"]) != str(inner.get("contact_id"))
+        ):
+            differs.append("contact")
+        if plan.sent is not None and (kind == "invoice" or plan.ledger_key.refund_id):
+            try:
+                total = Decimal(str(found.get("total")))
+            except ArithmeticError:  # decimal.InvalidOperation: no usable total in the answer
+                total = None
+            expected = plan.sent.total_with_vat
+            if total is None or abs(total - expected) > self._options.total_tolerance:
+                differs.append("total")
+        if differs:
+            raise ReferenceConflict(
+                f"the API's {kind} {plan.reference} (id {found.get('id')}) is not this "
+                f"order's: its {' and '.join(differs)} differ(s); two stores with one order id "
+                "need {store_id} in mapping.reference_template",
+                reference=plan.reference,
+                document_id=str(found.get("id")),
+                differs=",".join(differs),
+            )
 
     async def _body(
         self,

@@ -47,6 +47,7 @@ from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
 from worker.errors import SettingsError
 from worker.logs import REDACTED, names_credential
+from worker.mapping import reference_template_problem
 
 __all__ = [
     "ENV_PREFIX",
@@ -492,6 +493,21 @@ class MappingSettings(_Group):
     create_missing_products: bool = Field(
         True, description="Create unknown SKUs; false dead-letters them as unknown_sku."
     )
+    reference_template: str = Field(
+        "{order_id}",
+        description=(
+            "Invoice reference: {order_id}, may add {store_id} (several stores in one"
+            " accounting organisation need it); credit notes append -CN-{refund_id} or -CN-cancel."
+        ),
+    )
+
+    @field_validator("reference_template")
+    @classmethod
+    def _usable_template(cls, value: str) -> str:
+        problem = reference_template_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("timezone")
     @classmethod
