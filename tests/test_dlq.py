@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from tests.plugins.kafka import TopicFactory
 from worker.dlq import DeadLetterWriter, read_dead_letters, replay_dlq, scan_dead_letters
-from worker.errors import InvalidBuyerVat, MalformedEvent, TotalMismatch
+from worker.errors import DLQ_REASONS, InvalidBuyerVat, MalformedEvent, TotalMismatch
 from worker.kafka import producer_options
 from worker.settings import Settings
 
@@ -288,6 +288,41 @@ class TestReplayOnce:
         assert await replay_dlq(settings, reason="total_mismatch", dry_run=False) == 0
         records = await _source_records(kafka_bootstrap, topic)
         assert sorted(r.key for r in records) == [b"ORD-1", b"ORD-2"]
+
+    async def test_unknown_reason_is_refused_before_any_replay(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory
+    ) -> None:
+        """`dlq replay --reason <typo>` exits 2 listing the codes, and starts no group."""
+        topic = await topic_factory("typo", partitions=1)
+        settings = _settings(kafka_bootstrap, topic)
+        await _write(settings, topic)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
+        env["INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
+        env["INVOICE_SYNC_KAFKA__TOPICS"] = f'["{topic}"]'
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "worker.cli", "dlq", "replay", "--reason", "nosuchreason"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stdout
+        assert result.stdout == ""
+        assert "nosuchreason" in result.stderr
+        assert all(code in result.stderr for code in DLQ_REASONS)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=settings.kafka.dlq_replay_group("nosuchreason"),
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            dlq = TopicPartition(settings.kafka.dlq_for(topic), 0)
+            assert await consumer.committed(dlq) is None
+        finally:
+            await consumer.stop()
 
     async def test_dry_run_commits_nothing(
         self, kafka_bootstrap: str, topic_factory: TopicFactory

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.plugins.kafka import TopicFactory
-from worker.broker import free_port
+from worker import broker as broker_module
+from worker.broker import TansuBroker, free_port
 from worker.demo_data import generate_demo_events
 
 
@@ -91,6 +94,47 @@ class TestBrokerCommand:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+    async def test_broker_command_refuses_a_port_already_in_use(self, tmp_path: Path) -> None:
+        """A second broker on a taken port says so and exits non-zero, never "listening"."""
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker.cli", "broker", "--port", str(port),
+                "--workdir", str(tmp_path),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                assert proc.stdout is not None
+                assert proc.stderr is not None
+                assert await asyncio.wait_for(proc.stdout.readline(), timeout=60) == b""
+                err = await asyncio.wait_for(proc.stderr.read(), timeout=60)
+                assert await asyncio.wait_for(proc.wait(), timeout=60) == 1
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()  # a broker that did start then stops its Tansu child too
+                    await proc.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert f"port {port} on 127.0.0.1 is already in use" in err.decode()
+
+
+class TestTansuBroker:
+    def test_exit_before_ready_raises_with_the_end_of_its_log(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Tansu exiting before it serves fails the start with why, from its log."""
+        # The port is taken between the free-port check and Tansu's bind (the check is
+        # skipped to make that race certain); bound without listening, it refuses connects,
+        # so only Tansu's exit can end the wait.
+        monkeypatch.setattr(broker_module, "_check_port_free", lambda port: None)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            with pytest.raises(RuntimeError, match=r"exited with code .* AddrInUse"):
+                TansuBroker(port=port, log_path=tmp_path / "tansu.log")
 
 
 class TestPostgres:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from worker import __version__
-from worker.errors import SettingsError
+from worker.errors import DLQ_REASONS, SettingsError
 from worker.settings import Settings, load_settings, masked_dump
 
 __all__ = ["main"]
@@ -199,7 +199,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="re-publish dead letters not replayed before to their source topic (a consumer"
         " group, kafka.dlq_replay_group_id, remembers what was sent)",
     )
-    rep.add_argument("--reason", default=None, help="only dead letters with this reason code")
+    # A closed list: an unknown code would match nothing yet start a consumer group of its own.
+    rep.add_argument(
+        "--reason",
+        default=None,
+        choices=sorted(DLQ_REASONS),
+        metavar="REASON",
+        help=f"only dead letters with this reason code: {', '.join(sorted(DLQ_REASONS))}",
+    )
     rep.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     dlq.set_defaults(func=_cmd_dlq)
 
