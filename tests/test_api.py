@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.plugins.logs import undotted_events
 from tests.plugins.sandbox import SandboxFactory
 from tests.test_auth import Leaks, leak_scan_fixture, metric, oauth_settings, socket_port  # noqa: F401 - autouse
 from worker.api import AccountingApi
@@ -406,3 +407,35 @@ class TestMetricsAndLifecycle:
             await api.close()
             with pytest.raises(RuntimeError):
                 await api.find_invoice("x")
+
+
+class TestLogEvents:
+    async def test_every_worker_line_has_a_dotted_event(
+        self, sbx: Sandbox, leak_scan: Leaks
+    ) -> None:
+        """Requests, a token fetch, a 401 renewal, a 422 and a revocation at close log only
+        dotted event names (docs/observability.md), such as ``api.request``."""
+        settings = Settings(
+            api=ApiSettings(base_url=sbx.url),
+            oauth=oauth_settings(
+                sbx.url, revoke_url=f"{sbx.url}/oauth/revoke", revoke_on_shutdown=True
+            ),
+        )
+        async with build_auth(settings) as auth, AccountingApi(settings.api, auth=auth) as api:
+            payload = await _invoice_payload(api, "INV-5001")
+            await api.create_invoice(payload, idempotency_key="inv-5001-a")
+            sbx.revoke_all()  # the next request carries a rejected token: 401, renew, resend
+            with pytest.raises(DuplicateReference):
+                await api.create_invoice(payload, idempotency_key="inv-5001-b")
+        assert undotted_events(leak_scan.stream.getvalue()) == []
+        # The scenario logged what it is meant to cover, or the check above proves little.
+        for event in (
+            "token.obtained",
+            "auth.token_rejected",
+            "token.invalidated",
+            "token.revoked",
+        ):
+            assert leak_scan.lines(event), event
+        requests = leak_scan.lines("api.request")
+        assert requests
+        assert all(isinstance(line["seconds"], float) for line in requests)

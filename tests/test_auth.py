@@ -130,6 +130,11 @@ class Leaks:
     def text(self, where: str, value: str) -> None:
         self.texts.append((where, value))
 
+    def lines(self, event: str) -> list[dict[str, Any]]:
+        """The captured JSON log lines whose ``event`` is ``event``."""
+        parsed = (json.loads(line) for line in self.stream.getvalue().splitlines())
+        return [line for line in parsed if line.get("event") == event]
+
     def scan(self, extra: list[tuple[str, str]]) -> list[str]:
         secrets = dict(self.secrets)
         for sbx in self.sandboxes:
@@ -751,7 +756,7 @@ class TestResponseParsing:
         )
         token = await provider.token()
         assert token.expires_at - 1000.0 == pytest.approx(lifetime)
-        warned = "no usable expires_in" in leak_scan.stream.getvalue()
+        warned = bool(leak_scan.lines("token.expires_in_unusable"))
         assert warned is (lifetime == 300.0)
 
     async def test_missing_scope_means_requested(
@@ -803,7 +808,8 @@ class TestResponseParsing:
         provider = await provider_factory(oauth_settings(token_server.url), clock=clock)
         token = await provider.token()
         assert token.expires_at == 1600.0
-        assert "JWT exp disagrees" in leak_scan.stream.getvalue()
+        (warning,) = leak_scan.lines("token.jwt_exp_disagrees")
+        assert warning["trusted"] == "expires_in"
 
     async def test_fault_clears_after_success(
         self, token_server: ScriptedTokenServer, provider_factory: Any
@@ -975,9 +981,9 @@ class TestTransientFailures:
         assert await provider.token() is token  # kicks a background renewal
         for _ in range(50):
             await asyncio.sleep(0.01)
-            if "still using the cached token" in leak_scan.stream.getvalue():
+            if leak_scan.lines("token.renewal_failed_using_cached"):
                 break
-        assert "still using the cached token" in leak_scan.stream.getvalue()
+        assert leak_scan.lines("token.renewal_failed_using_cached")
         assert await provider.token() is token
         assert provider.token_obtainable
         clock.now = token.usable_until + 0.001
@@ -1175,9 +1181,8 @@ class TestSecretEncodings:
         leak_scan.exc(caught.value)
         # The echo did arrive, and was cut out (else the scan below proves nothing).
         assert "unknown client [redacted]" in str(caught.value)
-        logged = [line for line in leak_scan.stream.getvalue().splitlines() if "refused" in line]
-        assert len(logged) == 1
-        assert "unknown client [redacted]" in logged[0]
+        (refusal,) = leak_scan.lines("token.configuration_refused")
+        assert "unknown client [redacted]" in json.dumps(refusal)
 
 
 class TestFaultMemory:
@@ -1219,7 +1224,7 @@ class TestFaultMemory:
             before = token_requests(sbx, grant)
             clock = FakeClock()
             provider = await provider_factory(settings, clock=clock)
-            logged_before = leak_scan.stream.getvalue().count("refused our configuration")
+            logged_before = len(leak_scan.lines("token.configuration_refused"))
             for probe in range(3):
                 for _ in range(3):  # each caller retrying at its own moment, as events do
                     for _ in range(waiters):
@@ -1232,7 +1237,7 @@ class TestFaultMemory:
                 assert provider.fault is not None
                 if probe < 2:
                     clock.advance(settings.backoff_max_s)  # the longest hold has passed
-            logged = leak_scan.stream.getvalue().count("refused our configuration")
+            logged = len(leak_scan.lines("token.configuration_refused"))
             seen[waiters] = (token_requests(sbx, grant) - before, logged - logged_before)
         assert seen[1] == seen[20] == (3, 3)
 
@@ -1284,7 +1289,7 @@ class TestFaultMemory:
         assert provider.fault is None
         assert provider.token_obtainable
         assert len(token_server.requests) == 3
-        assert "token endpoint works again" in leak_scan.stream.getvalue()
+        assert leak_scan.lines("token.endpoint_recovered")
 
 
 class TestRefreshTokenFile:
@@ -1327,9 +1332,8 @@ class TestRefreshTokenFile:
         assert stats["token_requests"] == {"client_credentials": 1, "refresh_token": 2}
         rotated_again = path.read_text().strip() not in (initial, held)
         assert rotated_again
-        logged = leak_scan.stream.getvalue()
-        assert logged.count("rotated refresh token written to its file") == 2
-        assert "kept in memory only" not in logged
+        assert len(leak_scan.lines("refresh_token.written")) == 2
+        assert not leak_scan.lines("refresh_token.kept_in_memory_only")
 
     async def test_secrets_dir_file_is_found_and_a_winning_variable_is_not_overwritten(
         self,
@@ -1356,9 +1360,8 @@ class TestRefreshTokenFile:
         await provider.token()
         kept = path.read_text() == in_file
         assert kept
-        logged = leak_scan.stream.getvalue()
-        assert logged.count("kept in memory only") == 1
-        assert "holds another token" in logged
+        (warning,) = leak_scan.lines("refresh_token.kept_in_memory_only")
+        assert "holds another token" in warning["problem"]
 
     async def test_unwritable_file_warns_once_at_start(
         self,
@@ -1386,11 +1389,7 @@ class TestRefreshTokenFile:
             provider.invalidate(await provider.token())
         kept = path.read_text() == initial
         assert kept
-        warnings = [
-            json.loads(line)
-            for line in leak_scan.stream.getvalue().splitlines()
-            if "kept in memory only" in line
-        ]
+        warnings = leak_scan.lines("refresh_token.kept_in_memory_only")
         assert len(warnings) == 1
         assert warnings[0]["level"] == "warning"
         assert "not writable" in warnings[0]["problem"]

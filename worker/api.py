@@ -278,7 +278,7 @@ class AccountingApi(Lifecycle):
         labelled(API_LATENCY, endpoint, method).observe(seconds)
         if _std_log.isEnabledFor(logging.DEBUG):  # skip structlog's processors when off
             _log.debug(
-                "api request", endpoint=endpoint, method=method, status=status, seconds=seconds
+                "api.request", endpoint=endpoint, method=method, status=status, seconds=seconds
             )
 
     def _document(self, resp: Response, endpoint: str, method: str, key: str) -> dict[str, Any]:

@@ -462,7 +462,10 @@ class ClientCredentialsProvider(TokenProvider):
         self._probe_at = 0.0
         self._failures = 0
         if settings.revoke_on_shutdown and not settings.revoke_url:
-            _log.warning("oauth.revoke_on_shutdown is set without oauth.revoke_url; ignored")
+            _log.warning(
+                "token.revoke_on_shutdown_ignored",
+                hint="oauth.revoke_on_shutdown is set without oauth.revoke_url",
+            )
 
     def __repr__(self) -> str:
         return (
@@ -504,8 +507,8 @@ class ClientCredentialsProvider(TokenProvider):
             return
         self._refresh_file = None
         _log.warning(
-            "rotated refresh tokens are kept in memory only; a restart will need a fresh "
-            "refresh token",
+            "refresh_token.kept_in_memory_only",
+            hint="a restart will need a fresh refresh token",
             problem=problem,
             path=None if path is None else str(path),
         )
@@ -570,7 +573,7 @@ class ClientCredentialsProvider(TokenProvider):
         if current is not None and current.generation == token.generation:
             self._token = None
             self._wakeup.set()
-            _log.debug("access token invalidated", token_generation=token.generation)
+            _log.debug("token.invalidated", token_generation=token.generation)
 
     # -- single flight ----------------------------------------------------------------------
 
@@ -613,7 +616,7 @@ class ClientCredentialsProvider(TokenProvider):
             wait = min(self._settings.backoff_max_s, (token.usable_until - now) / 2)
             self._background_not_before = now + max(wait, 0.0)
             _log.warning(
-                "token renewal failed; still using the cached token",
+                "token.renewal_failed_using_cached",
                 reason=exc.reason if isinstance(exc, InvoiceSyncError) else "internal_error",
                 token_generation=token.generation,
                 token_expires_in_s=round(token.expires_at - now, 3),
@@ -662,7 +665,7 @@ class ClientCredentialsProvider(TokenProvider):
                     )
                     hold = self._hold(unavailable)
                     _log.warning(
-                        "token endpoint unavailable; giving up for now",
+                        "token.endpoint_unavailable",
                         attempts=attempts,
                         error_kind=exc.kind,
                         status=exc.status,
@@ -672,7 +675,7 @@ class ClientCredentialsProvider(TokenProvider):
                 delay = self._backoff(attempt, exc.retry_after)
                 RETRIES.labels(TokenUnavailable.reason).inc()
                 _log.warning(
-                    "token request failed; retrying",
+                    "token.request_retrying",
                     attempt=attempt,
                     max_attempts=attempts,
                     error_kind=exc.kind,
@@ -686,7 +689,8 @@ class ClientCredentialsProvider(TokenProvider):
                 self.fault = exc
                 hold = self._hold(exc)
                 _log.error(
-                    "token endpoint refused our configuration; fix the settings",
+                    "token.configuration_refused",
+                    hint="fix the settings",
                     reason=exc.reason,
                     message=exc.message,
                     next_probe_in_s=round(hold, 3),
@@ -696,7 +700,7 @@ class ClientCredentialsProvider(TokenProvider):
             else:
                 TOKEN_FETCHES.labels(self.grant, "success").inc()
                 if self._held is not None:
-                    _log.info("token endpoint works again", failed_fetches=self._failures)
+                    _log.info("token.endpoint_recovered", failed_fetches=self._failures)
                 self._last_fetch_ok = True
                 self.fault = None
                 self._held = None
@@ -719,15 +723,15 @@ class ClientCredentialsProvider(TokenProvider):
             await asyncio.to_thread(_replace_private_file, path, value)
         except OSError as exc:
             _log.warning(
-                "could not write the rotated refresh token to its file; a restart will need "
-                "a fresh refresh token",
+                "refresh_token.write_failed",
+                hint="a restart will need a fresh refresh token",
                 path=str(path),
                 error_kind=type(exc).__name__,
                 error=exc.strerror,
             )
             return
         self._persisted = value
-        _log.info("rotated refresh token written to its file", path=str(path))
+        _log.info("refresh_token.written", path=str(path))
 
     def _hold(self, failure: InvoiceSyncError) -> float:
         """Remember a failed fetch until the next probe; returns the seconds until then.
@@ -851,7 +855,7 @@ class ClientCredentialsProvider(TokenProvider):
 
         token_type = doc.get("token_type")
         if token_type is None:
-            _log.warning("token response has no token_type; treating it as Bearer")
+            _log.warning("token.type_missing_assumed_bearer")
         elif not isinstance(token_type, str) or token_type.lower() != "bearer":
             shown = _short(token_type) if isinstance(token_type, str) else type(token_type).__name__
             raise AuthConfigurationFault(
@@ -866,7 +870,7 @@ class ClientCredentialsProvider(TokenProvider):
         if lifetime is None:
             lifetime = self._settings.default_lifetime_s
             _log.warning(
-                "token response has no usable expires_in; assuming the default lifetime",
+                "token.expires_in_unusable",
                 default_lifetime_s=lifetime,
             )
 
@@ -902,7 +906,7 @@ class ClientCredentialsProvider(TokenProvider):
             usable_until=expires_at - skew / 2,
         )
         _log.debug(
-            "access token obtained",
+            "token.obtained",
             grant=self.grant,
             token_generation=token.generation,
             token_expires_in_s=lifetime,
@@ -934,12 +938,12 @@ class ClientCredentialsProvider(TokenProvider):
                 await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
-            _log.warning("token revocation failed", error_kind=type(exc).__name__)
+            _log.warning("token.revocation_failed", error_kind=type(exc).__name__)
             return
         if status == 200:
-            _log.info("access token revoked", token_generation=token.generation)
+            _log.info("token.revoked", token_generation=token.generation)
         else:
-            _log.warning("token revocation refused", status=status)
+            _log.warning("token.revocation_refused", status=status)
 
 
 def _replace_private_file(path: Path, text: str) -> None:
@@ -1008,7 +1012,8 @@ def _check_jwt_exp(value: str, lifetime: float) -> None:
     jwt_left = exp - time.time()
     if abs(jwt_left - lifetime) > max(5.0, lifetime * 0.1):
         _log.warning(
-            "JWT exp disagrees with expires_in; trusting expires_in",
+            "token.jwt_exp_disagrees",
+            trusted="expires_in",
             jwt_exp_in_s=round(jwt_left, 1),
             token_expires_in_s=lifetime,
         )
@@ -1158,7 +1163,7 @@ class BearerAuth(Auth):
         self.provider.invalidate(token)
         TOKEN_RENEWALS_401.inc()
         _log.debug(
-            "API rejected the token; renewing and resending once",
+            "auth.token_rejected",
             endpoint=endpoint,
             status=resp.status,
             token_generation=token.generation,
@@ -1226,7 +1231,9 @@ class ApiKeyAuth(Auth):
                 "API rejected the API key (401); check api.api_key", status=401, endpoint=endpoint
             )
             self._fault = fault
-            _log.error("API rejected the API key", status=401, endpoint=endpoint)
+            _log.error(
+                "auth.api_key_rejected", hint="check api.api_key", status=401, endpoint=endpoint
+            )
             raise copy.copy(fault)
         if resp.status < 400 and self._fault is not None:
             self._fault = None

@@ -18,7 +18,7 @@ The code already avoids logging secrets; the processors here are defence in dept
   frames are scrubbed like any other string.
 
 Context fields (topic, partition, offset, order_id, event_type, attempt, status,
-duration_ms...) ride in through :func:`event_context` (or structlog's own
+seconds...) ride in through :func:`event_context` (or structlog's own
 ``bound_contextvars``, which is merged too) so every line of one event carries them.
 
 The hot path is one INFO line per invoice, so the pipeline is built for it (measured in
