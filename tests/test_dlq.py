@@ -296,18 +296,7 @@ class TestReplayOnce:
         topic = await topic_factory("typo", partitions=1)
         settings = _settings(kafka_bootstrap, topic)
         await _write(settings, topic)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
-        env["INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
-        env["INVOICE_SYNC_KAFKA__TOPICS"] = f'["{topic}"]'
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "worker.cli", "dlq", "replay", "--reason", "nosuchreason"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = await _dlq_cli(kafka_bootstrap, topic, "replay", "--reason", "nosuchreason")
         assert result.returncode == 2, result.stdout
         assert result.stdout == ""
         assert "nosuchreason" in result.stderr
@@ -358,18 +347,23 @@ class TestInspectCount:
         assert len(read.letters) == 60
         assert read.complete
         assert [(p.start, p.end) for p in read.partitions] == [(0, 60)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
-        env["INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS"] = kafka_bootstrap
-        env["INVOICE_SYNC_KAFKA__TOPICS"] = f'["{topic}"]'
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "worker.cli", "dlq", "inspect", "--limit", "1"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = await _dlq_cli(kafka_bootstrap, topic, "inspect", "--limit", "1")
         assert result.returncode == 0, result.stderr
         assert f"{dlq}[0]: offsets 0 to 59 read, up to the end of the partition" in result.stderr
         assert "60 dead letters" in result.stderr
+
+
+async def _dlq_cli(bootstrap: str, topic: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``invoice-sync dlq <args>`` in a subprocess for ``topic``, with no other settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_SYNC_")}
+    env["INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
+    env["INVOICE_SYNC_KAFKA__TOPICS"] = f'["{topic}"]'
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "worker.cli", "dlq", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
