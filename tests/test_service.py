@@ -446,6 +446,20 @@ class TestReadiness:
         )
         assert not [e for e in worker.log_events() if e["event"] == "worker.joining_group"]
 
+    async def test_unreachable_broker_is_one_line_naming_the_setting(
+        self, sandbox: Sandbox, worker_factory: WorkerFactory
+    ) -> None:
+        """No broker on the bootstrap address: exit 1 with one line that names the variable."""
+        nobody = f"127.0.0.1:{free_port()}"
+        settings = _settings(nobody, "orders", sandbox.url, "sqlite:///ledger.db")
+        worker = worker_factory(_env(settings))
+        assert await worker.wait(120) == 1, worker.tail()
+        events = worker.log_events()
+        ours = [e for e in events if e.get("level") == "error" and e["logger"] != "aiokafka"]
+        assert [e["event"] for e in ours] == ["worker.kafka_unreachable"], worker.tail()
+        assert ours[0]["bootstrap_servers"] == nobody
+        assert "INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS" in ours[0]["hint"]
+
 
 async def _configuration_error(worker: WorkerProcess) -> str:
     """The message of the one error line of a worker that refused to start (exit 2)."""

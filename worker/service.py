@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from worker.api import AccountingApi
 from worker.auth import Auth, BearerAuth, build_auth
@@ -77,6 +78,17 @@ async def run_service(
         except SettingsError as exc:
             log.error("worker.configuration_error", message=exc.message)
             return 2
+        except KafkaConnectionError:
+            # aiokafka tried every bootstrap server once; the orchestrator's restart backoff
+            # is the retry. Said with the setting, not as a bare traceback.
+            log.error(
+                "worker.kafka_unreachable",
+                bootstrap_servers=settings.kafka.bootstrap_servers,
+                security_protocol=settings.kafka.security_protocol,
+                hint=f"no broker answered; check {ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS, the "
+                "network path and the security protocol",
+            )
+            return 1
         if started is None:
             await stack.aclose()  # closes what start-up opened; the consumer leaves the group
             log.info("worker.stopped", during="start-up")
