@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
@@ -314,13 +315,18 @@ class TestReplayOnce:
             await consumer.stop()
 
     async def test_dry_run_commits_nothing(
-        self, kafka_bootstrap: str, topic_factory: TopicFactory
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """A dry run lists what would go and leaves it for the real replay."""
+        """A dry run lists what would go (with the order key) and leaves it for the replay."""
         topic = await topic_factory("dry", partitions=1)
         settings = _settings(kafka_bootstrap, topic)
         await _write(settings, topic)
         assert await replay_dlq(settings, reason=None, dry_run=True) == 0
+        listed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("would")]
+        assert [ln.split()[4] for ln in listed] == ["key=ORD-1", "key=ORD-2"], listed
         assert await replay_dlq(settings, reason=None, dry_run=False) == 0
         assert len(await _source_records(kafka_bootstrap, topic)) == 2
 

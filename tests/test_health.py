@@ -309,7 +309,8 @@ class TestCheckHealth:
         clock.advance(61)
         url = f"http://127.0.0.1:{server.port}/healthz"
         assert await check_health(Settings(), url=url) == 1
-        assert capsys.readouterr().out.startswith("unhealthy: HTTP 503")
+        out = capsys.readouterr().out
+        assert out.startswith(f"unhealthy: {url} answered HTTP 503 "), out
 
     async def test_unreachable_exits_one(
         self, state: HealthState, capsys: pytest.CaptureFixture[str]

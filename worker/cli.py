@@ -192,7 +192,9 @@ def _build_parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="inspect or replay dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     ins = dlq_sub.add_parser("inspect", help="list dead letters with their reasons")
-    ins.add_argument("--limit", type=int, default=100)
+    ins.add_argument(
+        "--limit", type=int, default=100, help="dead letters listed at most (default 100)"
+    )
     ins.add_argument("--json", action="store_true", help="one JSON object per dead letter")
     rep = dlq_sub.add_parser(
         "replay",

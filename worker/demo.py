@@ -144,14 +144,23 @@ async def run_demo(settings: Settings, *, workdir: str, verbose: bool) -> int:
             try:
                 while not worker.done():
                     await asyncio.wait({worker}, timeout=1.0)
-                    stats = sandbox.stats()
-                    _say(
-                        f"  progress: {_consumed() - before}/{len(records)} events done, "
-                        f"{stats['invoices']} invoices, {stats['credit_notes']} credit notes"
-                    )
                     if time.monotonic() - start > _TIMEOUT_S:
                         _say("demo: timed out waiting for the worker")
                         worker.cancel()
+                    stats = sandbox.stats()
+                    done = _consumed() - before
+                    if not done and not stats["invoices"]:
+                        _say("  progress: the worker is starting (joining the consumer group)")
+                    elif done >= len(records):
+                        _say(
+                            f"  progress: all {done} events done, {stats['invoices']} invoices, "
+                            f"{stats['credit_notes']} credit notes; the worker stops once idle"
+                        )
+                    else:
+                        _say(
+                            f"  progress: {done}/{len(records)} events done, "
+                            f"{stats['invoices']} invoices, {stats['credit_notes']} credit notes"
+                        )
                 exit_code = await worker
             finally:
                 if not worker.done():
@@ -182,7 +191,8 @@ def _summarise(
     _say(f"worker exited with {exit_code} after {elapsed:.1f}s")
     _say(
         f"expected: {wanted['invoice']} invoices, {wanted['credit_note']} credit notes, "
-        f"{wanted['dlq']} dead letters ({wanted['skip']} events skipped by type)"
+        f"{wanted['dlq']} dead letters ({wanted['skip']} events that make no document: types"
+        " the worker skips, and a redelivered webhook)"
     )
     _say("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
     problems = []

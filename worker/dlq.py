@@ -440,7 +440,8 @@ async def replay_dlq(settings: Settings, *, reason: str | None, dry_run: bool) -
         if dry_run:
             for d in chosen:
                 target = d.info.get("original-topic")
-                print(f"would replay offset {d.offset} reason={d.reason} to {target}")
+                key = (d.key or b"").decode("utf-8", "replace") or "-"
+                print(f"would replay offset {d.offset} key={key} reason={d.reason} to {target}")
             return 0 if read.complete else 1
         sent, skipped = await _replay(settings, reader, read, chosen)
     log.info(

@@ -270,7 +270,7 @@ async def check_health(settings: Settings, *, url: str | None = None) -> int:
     if status == 200:
         print(f"healthy: {detail}")
         return 0
-    print(f"unhealthy: HTTP {status} {detail}")
+    print(f"unhealthy: {target} answered HTTP {status} {detail}")
     return 1
 
 
