@@ -20,6 +20,7 @@ from tests.test_auth import Leaks, leak_scan_fixture, metric, oauth_settings, so
 from worker.api import AccountingApi
 from worker.auth import build_auth
 from worker.errors import (
+    ApiOutage,
     ApiRejected,
     ApiTimeout,
     ApiUnavailable,
@@ -28,6 +29,7 @@ from worker.errors import (
     DuplicateReference,
     InsufficientScope,
     RateLimited,
+    TransientError,
 )
 from worker.sandbox import (
     DEMO_CLIENT_ID,
@@ -308,6 +310,56 @@ class TestErrorMapping:
                 await api.find_invoice("x")
         finally:
             await runner.cleanup()
+
+
+class TestOutage:
+    async def test_failures_in_a_row_become_an_outage_until_an_answer(
+        self, sbx: Sandbox, api_factory: ApiFactory
+    ) -> None:
+        """Five failing requests in a row (5xx, 429, resets alike): the fifth is ApiOutage."""
+        api = await api_factory(sbx.url, outage_after_failures=5, outage_after_s=0)
+        sbx.set_faults(
+            Faults(rules=(FaultRule(target="resources", error_rates={503: 0.5, 429: 0.5}),))
+        )
+        for _ in range(4):
+            with pytest.raises(TransientError) as caught:
+                await api.find_customer(email="a@example.com")
+            assert not isinstance(caught.value, ApiOutage)
+        with pytest.raises(ApiOutage) as outage:
+            await api.find_customer(email="a@example.com")
+        assert outage.value.details["last_reason"] in {"api_unavailable", "rate_limited"}
+        assert api.in_outage
+        sbx.set_faults(Faults(rules=(FaultRule(target="resources", reset_rate=1.0),)))
+        with pytest.raises(ApiOutage) as reset:
+            await api.find_customer(email="a@example.com")
+        assert reset.value.details["last_reason"] == "connection_error"
+        sbx.set_faults(Faults())
+        assert await api.find_customer(email="a@example.com") is None  # an answer: over
+        assert not api.in_outage
+
+    async def test_failures_interrupted_by_answers_are_no_outage(
+        self, sbx: Sandbox, api_factory: ApiFactory
+    ) -> None:
+        """Any other answer (a 404 lookup too) starts the count again."""
+        api = await api_factory(sbx.url, outage_after_failures=3, outage_after_s=0)
+        failing = Faults(rules=(FaultRule(target="resources", error_rates={503: 1.0}),))
+        for _ in range(3):
+            sbx.set_faults(failing)
+            for _ in range(2):
+                with pytest.raises(ApiUnavailable) as caught:
+                    await api.find_customer(email="a@example.com")
+                assert not isinstance(caught.value, ApiOutage)
+            sbx.set_faults(Faults())
+            assert await api.find_customer(email="a@example.com") is None
+
+    async def test_no_outage_before_its_time(self, sbx: Sandbox, api_factory: ApiFactory) -> None:
+        """Failures in a row alone are not an outage until outage_after_s has passed."""
+        api = await api_factory(sbx.url, outage_after_failures=2, outage_after_s=3600)
+        sbx.set_faults(Faults(rules=(FaultRule(target="resources", error_rates={503: 1.0}),)))
+        for _ in range(5):
+            with pytest.raises(ApiUnavailable) as caught:
+                await api.find_customer(email="a@example.com")
+            assert not isinstance(caught.value, ApiOutage)
 
 
 class TestMalformedResponses:

@@ -154,6 +154,59 @@ class TestEndToEnd:
         assert second["duplicate_references"] == 0
 
 
+class TestApiOutage:
+    async def test_outage_longer_than_the_retry_budget_pauses_and_loses_nothing(
+        self,
+        kafka_bootstrap: str,
+        topic_factory: TopicFactory,
+        sandbox: Sandbox,
+        tmp_path: Path,
+        worker_factory: WorkerFactory,
+    ) -> None:
+        """Every API request fails for many retry budgets: paused, not ready, no dead letter.
+
+        Each event may try 3 times with backoffs of 0.1 s at most, so without the outage
+        pause every one of them would be dead-lettered as retries_exhausted in a fraction of
+        a second; the worker must instead wait, say why on /readyz, and resume by itself.
+        """
+        topic = await topic_factory("outage", partitions=2)
+        records = [r for r in _records(f"store-{topic}", orders=40) if r.expected == "invoice"]
+        sandbox.set_faults(
+            Faults(rules=(FaultRule(target="resources", error_rates={503: 0.7, 429: 0.3}),))
+        )
+        await publish_records(kafka_bootstrap, topic, records)
+        settings = _settings(kafka_bootstrap, topic, sandbox.url, f"sqlite:///{tmp_path}/l.db")
+        env = _env(settings) | {
+            "INVOICE_SYNC_PIPELINE__MAX_ATTEMPTS": "3",
+            "INVOICE_SYNC_PIPELINE__BACKOFF_BASE_S": "0.05",
+            "INVOICE_SYNC_PIPELINE__BACKOFF_MAX_S": "0.1",
+            "INVOICE_SYNC_PIPELINE__CONFIG_FAULT_BACKOFF_MAX_S": "0.5",
+            "INVOICE_SYNC_API__OUTAGE_AFTER_S": "0",
+        }
+        worker = worker_factory(env)
+        await _wait_for_readiness(
+            worker, lambda status, b: "api_outage" in b["problems"], limit_s=60
+        )
+        live = await worker.get("/healthz")
+        assert live is not None
+        assert live[0] == 200, live  # alive: a restart would not bring the API back
+        await asyncio.sleep(2)  # the outage outlasts every event's retry budget many times
+        paused = worker.logged("pipeline.paused_by_fault")
+        assert [e["reason"] for e in paused] == ["api_outage"], worker.tail()
+        sandbox.set_faults(Faults())
+        await _wait_for(
+            lambda: len(set(sandbox.stats()["references"])) >= len(records),
+            limit_s=120,
+            what="every invoice after the outage",
+            worker=worker,
+        )
+        await _wait_for_readiness(worker, lambda status, b: status == 200, limit_s=60)
+        assert worker.logged("pipeline.resumed_after_fault")
+        assert await worker.terminate() == 0
+        assert await read_dead_letters(settings) == []
+        assert sandbox.stats()["duplicate_references"] == 0
+
+
 class TestCrashAndSignals:
     async def test_sigkill_mid_stream_then_restart(
         self,

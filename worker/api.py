@@ -39,6 +39,7 @@ import orjson
 from worker import __version__
 from worker.auth import Auth, Response, bearer_challenge, parse_retry_after, require_secure_url
 from worker.errors import (
+    ApiOutage,
     ApiRejected,
     ApiTimeout,
     ApiUnavailable,
@@ -48,6 +49,7 @@ from worker.errors import (
     InsufficientScope,
     InvoiceSyncError,
     RateLimited,
+    TransientError,
     for_status,
 )
 from worker.lifecycle import Lifecycle
@@ -103,6 +105,9 @@ class AccountingApi(Lifecycle):
         self._slots = asyncio.Semaphore(max_connections)
         self._root = settings.base_url.rstrip("/")
         self._state = "new"
+        # Outage detection (see ApiOutage): failures since the last answer that was not one.
+        self._failures_in_row = 0
+        self._last_answer = time.monotonic()
 
     def __repr__(self) -> str:
         return f"AccountingApi(base_url={self._root!r}, auth={self._auth!r}, state={self._state!r})"
@@ -270,8 +275,27 @@ class AccountingApi(Lifecycle):
             self._observe(endpoint, method, status, time.perf_counter() - started)
         if failure is not None:
             # Raised outside the except block: no __context__ points at the aiohttp error.
-            raise failure
+            raise self._outage(failure) or failure
+        if status is not None and (status >= 500 or status == 429):
+            self._failures_in_row += 1
+        else:
+            self._failures_in_row = 0
+            self._last_answer = time.monotonic()
         return resp
+
+    @property
+    def in_outage(self) -> bool:
+        """Whether every request has failed for a while (see :class:`ApiOutage`)."""
+        # Ten failures in a row (the default) at a 10 % error rate happen once in 10^10.
+        return (
+            self._failures_in_row >= self._settings.outage_after_failures
+            and time.monotonic() - self._last_answer >= self._settings.outage_after_s
+        )
+
+    def _outage(self, failure: InvoiceSyncError) -> ApiOutage | None:
+        """Count a failure without an answer; the outage error to raise instead, if one."""
+        self._failures_in_row += 1
+        return _outage_error(failure) if self.in_outage else None
 
     def _observe(self, endpoint: str, method: str, status: int | None, seconds: float) -> None:
         labelled(API_REQUESTS, endpoint, method, status_class(status)).inc()
@@ -293,7 +317,13 @@ class AccountingApi(Lifecycle):
     def _body(self, resp: Response, endpoint: str, method: str) -> dict[str, Any]:
         """The JSON object of a 2xx answer; anything else raises its mapped error."""
         if not 200 <= resp.status < 300:
-            _raise_for(resp, endpoint, method)
+            try:
+                _raise_for(resp, endpoint, method)
+            except TransientError as exc:
+                outage = _outage_error(exc) if self.in_outage else None
+                if outage is None:
+                    raise
+                raise outage from None
         doc = _json_object(resp.body)
         if doc is None:
             raise ApiUnavailable(
@@ -301,6 +331,17 @@ class AccountingApi(Lifecycle):
                 status=resp.status,
             )
         return doc
+
+
+def _outage_error(failure: InvoiceSyncError) -> ApiOutage:
+    details = failure.details
+    return ApiOutage(
+        f"accounting API failing every request ({failure.reason}): {failure.message}",
+        last_reason=failure.reason,
+        endpoint=details.get("endpoint"),
+        method=details.get("method"),
+        status=details.get("status"),
+    )
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

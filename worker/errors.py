@@ -41,6 +41,7 @@ from typing import ClassVar
 
 __all__ = [
     "DLQ_REASONS",
+    "ApiOutage",
     "ApiRejected",
     "ApiTimeout",
     "ApiUnavailable",
@@ -187,6 +188,18 @@ class ApiTimeout(TransientError):
 
 class ConnectionFailed(TransientError):
     reason = "connection_error"
+
+
+class ApiOutage(ApiUnavailable):
+    """Every API request has failed for a while (5xx, 429, timeouts, resets): not the event's.
+
+    Raised instead of the failure itself once :class:`worker.api.AccountingApi` has seen
+    ``api.outage_after_failures`` transient failures in a row and no other answer for
+    ``api.outage_after_s``: the pipeline then pauses instead of spending events' attempts, so an
+    outage longer than the retry budget does not send every waiting event to the DLQ.
+    """
+
+    reason = "api_outage"
 
 
 class LedgerUnavailable(TransientError):

@@ -11,11 +11,14 @@ Liveness (``/healthz``) answers "should Kubernetes restart this pod?":
   within ``stall_timeout_s``, unless it has nothing to do (idle, no lag). A consumer stuck
   while lag grows turns unhealthy, and a restart is the cure;
 * a configuration fault never makes the pod unhealthy: a restart cannot fix credentials, so it
-  shows on readiness and on the ``invoice_sync_configuration_fault`` metric instead.
+  shows on readiness and on the ``invoice_sync_configuration_fault`` metric instead; nor
+  does an API outage (every request failing: the pipeline pauses), which a restart cannot
+  end either.
 
 Readiness (``/readyz``) answers "is this worker doing its job?": started, partitions assigned
 (or waiting for the first assignment), an access token obtainable, and not paused by a
-configuration fault. Both answer JSON with the reasons, 200 when fine and 503 when not.
+configuration fault or an API outage. Both answer JSON with the reasons, 200 when fine and
+503 when not.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class HealthState:
         self._lag: int | None = None
         self._config_fault: str | None = None
         self._token_obtainable = True  # not known to be unobtainable until a fetch fails
+        self._api_outage = False
         self._started = False
         for reason in CONFIG_FAULT_REASONS:
             metrics.CONFIG_FAULT.labels(reason).set(0)
@@ -104,6 +108,11 @@ class HealthState:
         self._token_obtainable = ok
         self._publish_ready()
 
+    def set_api_outage(self, down: bool) -> None:
+        """Consumption is paused because every API request fails (worker.errors.ApiOutage)."""
+        self._api_outage = down
+        self._publish_ready()
+
     def set_started(self, started: bool) -> None:
         """The worker finished starting (True) or began to shut down (False)."""
         self._started = started
@@ -119,6 +128,8 @@ class HealthState:
         nothing_to_do = self._idle and not self._lag
         if self._config_fault is not None:
             status, alive = "paused_by_configuration_fault", True
+        elif self._api_outage:  # a restart cannot bring the API back either
+            status, alive = "paused_by_api_outage", True
         elif nothing_to_do:
             status, alive = "idle", True
         elif since > self._stall_timeout_s:
@@ -156,6 +167,8 @@ class HealthState:
             problems.append("no_partitions_assigned")
         if not self._token_obtainable:
             problems.append("token_unobtainable")
+        if self._api_outage:
+            problems.append("api_outage")
         if self._config_fault is not None:
             problems.append(f"configuration_fault:{self._config_fault}")
         return problems

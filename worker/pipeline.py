@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from worker.errors import (
+    ApiOutage,
     ConfigurationFault,
     InvoiceSyncError,
     LedgerUnavailable,
@@ -100,6 +101,7 @@ class HealthSink(Protocol):
     def set_lag(self, total: int) -> None: ...
     def set_config_fault(self, reason: str | None) -> None: ...
     def set_token_obtainable(self, ok: bool) -> None: ...
+    def set_api_outage(self, down: bool) -> None: ...
 
 
 class RetriesExhausted(PermanentEventError):
@@ -365,9 +367,9 @@ class Pipeline:
                 attempt += 1
                 try:
                     result = await self._handler.handle(record)
-                except (ConfigurationFault, TokenUnavailable, LedgerUnavailable) as exc:
-                    # Not the event's fault: wait for the configuration or the token
-                    # endpoint to work again; the event's attempts are not spent.
+                except (ConfigurationFault, TokenUnavailable, LedgerUnavailable, ApiOutage) as exc:
+                    # Not the event's fault: wait for the configuration, the token endpoint,
+                    # the ledger or the API to work again; the event's attempts are not spent.
                     attempt -= 1
                     fault_attempt += 1
                     if self._draining:
@@ -502,6 +504,8 @@ class Pipeline:
             if self._health is not None:
                 if isinstance(exc, TokenUnavailable):
                     self._health.set_token_obtainable(False)
+                elif isinstance(exc, ApiOutage):
+                    self._health.set_api_outage(True)
                 else:
                     self._health.set_config_fault(exc.reason)
         delay = self._fault_backoff.delay(fault_attempt)
@@ -525,6 +529,7 @@ class Pipeline:
         if self._health is not None:
             self._health.set_config_fault(None)
             self._health.set_token_obtainable(True)
+            self._health.set_api_outage(False)
 
     # --- pausing -------------------------------------------------------------------------
 

@@ -349,6 +349,15 @@ class ApiSettings(_Group):
     inventory_id: int | None = Field(
         1, description="Inventory (warehouse) id on documents (Qoyod requires one)."
     )
+    outage_after_failures: int = Field(
+        10,
+        ge=1,
+        description="Transient failures in a row (5xx, 429, timeouts, resets) that, with no "
+        "other answer for outage_after_s, pause consumption instead of spending retries.",
+    )
+    outage_after_s: float = Field(
+        5.0, ge=0, description="See outage_after_failures: how long no request succeeded."
+    )
 
     @model_validator(mode="after")
     def _key_when_api_key_mode(self) -> ApiSettings:
