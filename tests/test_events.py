@@ -226,6 +226,16 @@ class TestInvalid:
         del data["refund"]
         assert "refund is required" in _invalid(data).message
 
+    def test_refund_id_cancel_is_reserved(self) -> None:
+        """A refund "cancel" would take the cancellation's credit note (<order>-CN-cancel)."""
+        data = _example("order.refunded.json")
+        data["refund"]["refund_id"] = "cancel"
+        assert _invalid(data).message.startswith("refund.refund_id:")
+        assert not VALIDATOR.is_valid(data)
+        data["refund"]["refund_id"] = "cancel-2"
+        assert parse_event(_raw(data)).refund is not None
+        assert VALIDATOR.is_valid(data)
+
     def test_refund_quantity_must_be_positive(self) -> None:
         """Refund quantities are positive numbers of units."""
         data = _example("order.refunded.json")

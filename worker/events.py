@@ -47,6 +47,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -54,6 +55,7 @@ from worker.errors import InvalidEvent, MalformedEvent, UnsupportedSchemaVersion
 from worker.money import ISO_4217_CODES, TaxCategory, minor_units, quantize
 
 __all__ = [
+    "CANCELLATION_SUB_ID",
     "DOCUMENT_EVENT_TYPES",
     "MAX_EVENT_BYTES",
     "ORDER_CANCELLED",
@@ -83,6 +85,9 @@ SCHEMA_VERSION: Final = "1"
 ORDER_CREATED: Final = "order.created"
 ORDER_PAID: Final = "order.paid"
 ORDER_CANCELLED: Final = "order.cancelled"
+#: What stands for the refund id in a cancellation credit note's ledger key and reference
+#: (``<order>-CN-cancel``); no refund may have it as its id.
+CANCELLATION_SUB_ID: Final = "cancel"
 ORDER_REFUNDED: Final = "order.refunded"
 #: Types whose order body is parsed; every other type passes with its envelope only.
 DOCUMENT_EVENT_TYPES: Final = frozenset(
@@ -418,6 +423,18 @@ class Refund(_Model):
     lines: Annotated[tuple[RefundLine, ...], Field(max_length=1000)] = ()
     shipping_amount: Money = Decimal(0)
     reason: OptText = None
+
+    @field_validator("refund_id")
+    @classmethod
+    def _not_the_cancellations(cls, value: str) -> str:
+        # The cancellation's credit note is keyed and referenced as "<order>-CN-cancel": a
+        # refund of that id would take its place, and the cancellation would be skipped as
+        # a duplicate of it, leaving the rest of the invoice uncredited.
+        if value == CANCELLATION_SUB_ID:
+            raise ValueError(
+                f'"{CANCELLATION_SUB_ID}" is reserved for the cancellation\'s credit note'
+            )
+        return value
 
     @model_validator(mode="after")
     def _not_empty(self) -> Refund:

@@ -99,7 +99,7 @@ class LedgerKey:
     store_id: str
     kind: str  # "invoice" | "credit_note"
     order_id: str
-    sub_id: str = ""  # refund id, or "cancel" for a cancellation credit note
+    sub_id: str = ""  # refund id, or "cancel" (events.CANCELLATION_SUB_ID) for a cancellation
 
     def as_tuple(self) -> tuple[str, str, str, str]:
         return (self.store_id, self.kind, self.order_id, self.sub_id)

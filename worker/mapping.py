@@ -50,6 +50,7 @@ from worker.errors import (
     UnmappableOrder,
 )
 from worker.events import (
+    CANCELLATION_SUB_ID,
     ORDER_CANCELLED,
     ORDER_CREATED,
     ORDER_PAID,
@@ -727,7 +728,7 @@ def plan_document(
             kind=kind,
             ledger_key=key,
             idempotency_key=idem_key,
-            reference=f"{options.invoice_reference(event)}-CN-cancel",
+            reference=f"{options.invoice_reference(event)}-CN-{CANCELLATION_SUB_ID}",
             invoice_reference=options.invoice_reference(event),
             invoice_kind=None,
             issue_date=issue_date,
@@ -763,7 +764,8 @@ def plan_document(
         reference, reason = invoice_reference, None
         due_date = issue_date + timedelta(days=options.due_days)
     elif event.refund is None:  # order.cancelled
-        reference, reason = f"{invoice_reference}-CN-cancel", event.reason or _DEFAULT_REASON
+        reference = f"{invoice_reference}-CN-{CANCELLATION_SUB_ID}"
+        reason = event.reason or _DEFAULT_REASON
     else:
         lines = _refund_lines(event.refund, order, priced)
         reference = f"{invoice_reference}-CN-{event.refund.refund_id}"

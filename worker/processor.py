@@ -40,7 +40,7 @@ from worker.errors import (
     UnknownSku,
     UnmappableOrder,
 )
-from worker.events import ORDER_CANCELLED, OrderEvent, parse_event
+from worker.events import CANCELLATION_SUB_ID, ORDER_CANCELLED, OrderEvent, parse_event
 from worker.ledger import ClaimStatus, Ledger, LedgerKey
 from worker.logs import event_context, get_logger
 from worker.mapping import (
@@ -307,7 +307,7 @@ class EventProcessor:
     @staticmethod
     def _ledger_key(plan: DocumentPlan) -> LedgerKey:
         k = plan.ledger_key
-        sub = k.refund_id or ("cancel" if plan.kind == "credit_note" else "")
+        sub = k.refund_id or (CANCELLATION_SUB_ID if plan.kind == "credit_note" else "")
         return LedgerKey(k.store_id, k.kind, k.order_id, sub)
 
     async def _find(self, kind: str, reference: str) -> dict[str, Any] | None:
