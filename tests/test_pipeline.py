@@ -341,7 +341,7 @@ class TestFailures:
 
         async def script(record: Record) -> None:
             if record.value == b"poison":
-                raise ApiUnavailable("always down")
+                raise ApiUnavailable("always down", event_type="order.paid")
 
         handler = ScriptedHandler(script)
         dlq = Dlq()
@@ -350,6 +350,8 @@ class TestFailures:
         assert handler.seen[b"k"].count(0) == 4
         record, error = dlq.letters[0]
         assert (record.value, error.reason) == (b"poison", "retries_exhausted")
+        # Counted under the event's type, not "other" (a type outside the contract).
+        assert error.details["event_type"] == "order.paid"
 
     async def test_permanent_error_goes_to_dlq_once_and_partition_moves_on(
         self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from worker.api import AccountingApi
 from worker.auth import build_auth
 from worker.errors import (
+    ApiUnavailable,
     InsufficientScope,
     NoOriginalInvoice,
     ReferenceConflict,
@@ -28,7 +29,7 @@ from worker.ledger import ClaimStatus, Ledger, LedgerKey, open_ledger
 from worker.mapping import LedgerKey as PlanKey
 from worker.mapping import idempotency_key
 from worker.processor import EventProcessor
-from worker.sandbox import ClientSpec, Sandbox, SandboxConfig
+from worker.sandbox import ClientSpec, FaultRule, Faults, Sandbox, SandboxConfig
 from worker.settings import LedgerSettings, Settings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "config" / "examples"
@@ -287,6 +288,18 @@ class TestReferenceConflicts:
         references = set(sandbox.state.ledger.references)
         assert {"store-1001-ORD-1001", "store-2002-ORD-1001"} <= references
         assert "store-1001-ORD-1001-CN-RF-77" in references
+
+
+class TestTransientErrors:
+    async def test_transient_error_names_the_event_type(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """A 503 carries the event's type, so retries that run out count it under its type."""
+        processor, _ = await make_processor(sandbox)
+        sandbox.set_faults(Faults(rules=(FaultRule(target="resources", error_rates={503: 1.0}),)))
+        with pytest.raises(ApiUnavailable) as caught:
+            await processor.handle(_rec(_event("order.paid.business-b2b.json")))
+        assert caught.value.details["event_type"] == "order.paid"
 
 
 class TestSkipped:

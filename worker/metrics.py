@@ -57,7 +57,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 EVENTS_CONSUMED = Counter(
     "invoice_sync_events_consumed_total",
     "Events read from Kafka and finished, by event type and outcome "
-    "(created, skipped, duplicate, dead_lettered, reconciled).",
+    "(created, reconciled, duplicate, void: cancelled before it was invoiced, skipped, "
+    "dead_lettered).",
     ["event_type", "outcome"],
 )
 DOCUMENTS_CREATED = Counter(

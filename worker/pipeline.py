@@ -390,6 +390,7 @@ class Pipeline:
                             RetriesExhausted(
                                 f"gave up after {attempt} attempts: {exc.reason}",
                                 last_reason=exc.reason,
+                                **_event_type_of(exc),
                             ),
                             attempt,
                             first_failure,
@@ -699,6 +700,12 @@ class Pipeline:
             if pending:
                 await asyncio.wait(pending, timeout=5)
                 log.warning("pipeline.drain_timeout", abandoned=len(pending))
+
+
+def _event_type_of(exc: InvoiceSyncError) -> dict[str, object]:
+    """``{"event_type": ...}`` when the handler said which type failed, else nothing."""
+    event_type = exc.details.get("event_type")
+    return {"event_type": event_type} if event_type is not None else {}
 
 
 def _safe_details(exc: InvoiceSyncError) -> dict[str, object]:

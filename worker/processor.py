@@ -176,7 +176,8 @@ class EventProcessor:
         Raises:
             PermanentEventError: the event cannot become a document (the pipeline
                 dead-letters it); ``details["event_type"]`` is set when known.
-            TransientError, ConfigurationFault: try again later.
+            TransientError, ConfigurationFault: try again later (a transient error carries
+                ``details["event_type"]`` too, for the dead letter if retries run out).
         """
         # A record is v1 or a platform webhook (worker.platforms): 0..n v1 events. A platform
         # delivery seen before is skipped; it is recorded only after all its events finished.
@@ -194,7 +195,8 @@ class EventProcessor:
             ):
                 try:
                     results.append(await self._handle_event(event))
-                except PermanentEventError as exc:
+                except (PermanentEventError, TransientError) as exc:
+                    # The type labels the dead letter, also when retries run out.
                     exc.details.setdefault("event_type", event.event_type)
                     raise
         if delivery is not None:
