@@ -19,7 +19,8 @@ from tests.plugins.kafka import TopicFactory
 from worker.dlq import DeadLetterWriter, read_dead_letters, replay_dlq, scan_dead_letters
 from worker.errors import DLQ_REASONS, InvalidBuyerVat, MalformedEvent, TotalMismatch
 from worker.kafka import producer_options
-from worker.settings import Settings
+from worker.ledger import open_ledger
+from worker.settings import LedgerSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -357,6 +358,41 @@ class TestInspectCount:
         assert result.returncode == 0, result.stderr
         assert f"{dlq}[0]: offsets 0 to 59 read, up to the end of the partition" in result.stderr
         assert "60 dead letters" in result.stderr
+
+
+class TestOnce:
+    async def test_a_record_read_again_is_not_dead_lettered_twice(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+    ) -> None:
+        """A restart re-reads an uncommitted dead letter: the ledger keeps it to one letter."""
+        topic = await topic_factory("once", partitions=1)
+        settings = _settings(kafka_bootstrap, topic)
+        record = FakeRecord(topic, 0, 7, b"ORD-1", b"{broken", ())
+        recreated = FakeRecord(topic, 0, 7, b"ORD-9", b"{other bytes", ())
+        before = _sample("invoice_sync_dead_letters_total", "malformed_event")
+        async with open_ledger(LedgerSettings(url=f"sqlite:///{tmp_path}/l.db")) as ledger:
+            for sent in (record, record, record, recreated):
+                # A writer per send, as after a restart: what it remembers is in the ledger.
+                producer = AIOKafkaProducer(**producer_options(settings.kafka))
+                await producer.start()
+                try:
+                    now = time.time()
+                    await DeadLetterWriter(producer, settings=settings, written=ledger).send(
+                        sent,
+                        error=MalformedEvent("not JSON"),
+                        attempts=1,
+                        first_failure=now,
+                        last_failure=now,
+                    )
+                finally:
+                    await producer.stop()
+        letters = await read_dead_letters(settings)
+        # The recreated topic's record at the same offset has other bytes: its own letter.
+        assert [(d.key, d.value) for d in letters] == [
+            (b"ORD-1", b"{broken"),
+            (b"ORD-9", b"{other bytes"),
+        ]
+        assert _sample("invoice_sync_dead_letters_total", "malformed_event") == before + 2
 
 
 async def _dlq_cli(bootstrap: str, topic: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -134,7 +134,8 @@ class TestEndToEnd:
         sandbox: Sandbox,
         ledger_url: str,
     ) -> None:
-        """Running the worker again over the same input creates nothing new."""
+        """Running the worker again over the same input creates nothing new, not even a
+        second dead letter for a record already dead-lettered."""
         topic = await topic_factory("again", partitions=2)
         records = _records(f"store-{topic}", orders=40)
         await publish_records(kafka_bootstrap, topic, records)
@@ -152,6 +153,10 @@ class TestEndToEnd:
             first["credit_notes"],
         )
         assert second["duplicate_references"] == 0
+        broken = sorted((r.key, r.value) for r in records if r.expected.startswith("dlq:"))
+        assert broken, "the input has broken records"
+        letters = await read_dead_letters(settings)
+        assert sorted((d.key, d.value) for d in letters) == broken
 
 
 class TestApiOutage:

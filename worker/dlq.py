@@ -2,7 +2,9 @@
 
 A dead letter keeps the source record's key, value and headers untouched and adds ``x-dlq-*``
 headers: reason code (from :mod:`worker.errors`), a secret-free message, attempts, original
-topic/partition/offset, first and last failure time and the worker version.
+topic/partition/offset, first and last failure time and the worker version. The worker
+writes one letter per source record: the ledger remembers what was written, so a record
+read again after a restart or a rebalance (its offset not committed yet) is not written twice.
 
 A record too large to be dead-lettered whole (over ``kafka.dlq_max_request_size``, or refused
 by the broker as too large) is written without its value (an empty value, never a tombstone):
@@ -21,6 +23,7 @@ filter), so the next replay sends only dead letters that arrived since.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -80,12 +83,36 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-class DeadLetterWriter:
-    """Writes dead letters with a producer the caller owns (acks=all)."""
+class WrittenLetters(Protocol):
+    """Where the writer remembers what it dead-lettered (:class:`worker.ledger.Ledger`)."""
 
-    def __init__(self, producer: AIOKafkaProducer, *, settings: Settings) -> None:
+    async def dead_letter_written(
+        self, topic: str, partition: int, offset: int, digest: str
+    ) -> bool: ...
+
+    async def record_dead_letter(
+        self, topic: str, partition: int, offset: int, digest: str, *, reason: str
+    ) -> None: ...
+
+
+class DeadLetterWriter:
+    """Writes dead letters with a producer the caller owns (acks=all).
+
+    With ``written`` (the ledger), a source record is dead-lettered once: a record read again
+    before its offset was committed (after a restart or a rebalance) finds its letter
+    recorded and is not written twice, which would replay it twice and count it twice.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        settings: Settings,
+        written: WrittenLetters | None = None,
+    ) -> None:
         self._producer = producer
         self._kafka = settings.kafka
+        self._written = written
 
     async def send(
         self,
@@ -105,7 +132,29 @@ class DeadLetterWriter:
             aiokafka errors: when the write fails for another reason (broker down, no
                 leader, not authorised), or even the smallest form is too large; the caller
                 then must not commit the source offset.
+            LedgerUnavailable: the check for an earlier letter failed (nothing written).
         """
+        digest = _digest(record)
+        where = (record.topic, record.partition, record.offset, digest)
+        if self._written is not None and await self._written.dead_letter_written(*where):
+            log.info("dlq.already_written", reason=error.reason, attempts=attempts)
+            return
+        await self._write(
+            record, error=error, attempts=attempts, first=first_failure, last=last_failure
+        )
+        if self._written is not None:
+            # After the broker's acknowledgement: a crash in between writes it twice at worst.
+            await self._written.record_dead_letter(*where, reason=error.reason)
+
+    async def _write(
+        self,
+        record: SourceRecord,
+        *,
+        error: InvoiceSyncError,
+        attempts: int,
+        first: float,
+        last: float,
+    ) -> None:
         original = [
             (k, v) for k, v in (record.headers or ()) if not k.startswith(DLQ_HEADER_PREFIX)
         ]
@@ -116,8 +165,8 @@ class DeadLetterWriter:
             "original-topic": record.topic,
             "original-partition": str(record.partition),
             "original-offset": str(record.offset),
-            "first-failure": _iso(first_failure),
-            "last-failure": _iso(last_failure),
+            "first-failure": _iso(first),
+            "last-failure": _iso(last),
             "worker-version": __version__,
         }
         for name, value in error.details.items():
@@ -152,6 +201,14 @@ class DeadLetterWriter:
             return
         assert too_large is not None
         raise too_large
+
+
+def _digest(record: SourceRecord) -> str:
+    """SHA-256 of the record's key and value (length-prefixed, so no two pairs collide)."""
+    h = hashlib.sha256()
+    for part in (record.key, record.value):
+        h.update(b"-" if part is None else len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()
 
 
 def _omitted(record: SourceRecord, omit: tuple[str, ...]) -> list[tuple[str, bytes]]:

@@ -16,6 +16,10 @@ event does not invoice it, and ``dead_lettered`` with the reason when the event 
 DLQ (a replay after a fix claims it again). Times, attempts and the last error make the table
 the audit trail finance asks for.
 
+The ledger also remembers which source records were dead-lettered (topic, partition, offset
+and a digest of their bytes), so a record read again before its offset was committed is not
+dead-lettered twice (see :class:`worker.dlq.DeadLetterWriter`).
+
 Backends: SQLite (file; one replica) and PostgreSQL (several replicas), chosen by URL. The
 schema is created at start; ``schema_version`` lets later releases migrate it.
 """
@@ -88,6 +92,18 @@ _SCHEMA = [
         delivery_id TEXT NOT NULL,
         seen_at TEXT NOT NULL,
         PRIMARY KEY (source, delivery_id)
+    )""",
+    # Source records already dead-lettered, so a redelivery (after a restart or a rebalance,
+    # when the letter's offset was not committed yet) does not write a second letter. The
+    # digest of key and value tells a recreated topic's new record at an old offset apart.
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        topic TEXT NOT NULL,
+        record_partition INTEGER NOT NULL,
+        record_offset BIGINT NOT NULL,
+        digest TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        written_at TEXT NOT NULL,
+        PRIMARY KEY (topic, record_partition, record_offset, digest)
     )""",
 ]
 
@@ -323,6 +339,37 @@ class Ledger(Lifecycle, abc.ABC):
                 " ON CONFLICT DO NOTHING",
                 source,
                 delivery_id,
+                _now(),
+            )
+
+    async def dead_letter_written(
+        self, topic: str, partition: int, offset: int, digest: str
+    ) -> bool:
+        """True when this source record (with these bytes) was dead-lettered before."""
+        with _Timer("lookup"):
+            row = await self._fetchrow(
+                "SELECT 1 FROM dead_letters WHERE topic={0} AND record_partition={1}"
+                " AND record_offset={2} AND digest={3}",
+                topic,
+                partition,
+                offset,
+                digest,
+            )
+        return row is not None
+
+    async def record_dead_letter(
+        self, topic: str, partition: int, offset: int, digest: str, *, reason: str
+    ) -> None:
+        """Remember that this source record's dead letter was written (acknowledged)."""
+        with _Timer("complete"):
+            await self._execute(
+                "INSERT INTO dead_letters (topic, record_partition, record_offset, digest, reason,"
+                " written_at) VALUES ({0}, {1}, {2}, {3}, {4}, {5}) ON CONFLICT DO NOTHING",
+                topic,
+                partition,
+                offset,
+                digest,
+                reason,
                 _now(),
             )
 

@@ -146,7 +146,7 @@ async def _start(
     producer = AIOKafkaProducer(**producer_options(settings.kafka))
     stack.push_async_callback(producer.stop)  # also closes a producer whose start failed
     await producer.start()
-    writer = DeadLetterWriter(producer, settings=settings)
+    writer = DeadLetterWriter(producer, settings=settings, written=ledger)
     await _require_topics(settings.kafka)
     consumer = AIOKafkaConsumer(**consumer_options(settings.kafka))
     # Stopping the consumer leaves the group, so partitions move at once on shutdown; it is
