@@ -129,6 +129,22 @@ class TestReferences:
         assert invoice.ledger_key == _plan(_b2b()).ledger_key
 
 
+class TestReasons:
+    def test_long_reason_is_cut_to_the_api_limit(self) -> None:
+        """A 400-character cancellation reason (the contract allows 500) fits the API's 255."""
+        data = _data("order.cancelled.json")
+        data["reason"] = "\u0633" * 400  # Arabic letters: characters, not bytes, count
+        plan = _plan(data)
+        assert plan.reason is not None
+        assert len(plan.reason) == 255
+        assert plan.reason == "\u0633" * 254 + "\u2026"
+
+    def test_reason_at_the_limit_is_kept_whole(self) -> None:
+        data = _data("order.refunded.json")
+        data["refund"]["reason"] = "r" * 255
+        assert _plan(data).reason == "r" * 255
+
+
 class TestLedgerKey:
     def test_invoice_key(self) -> None:
         """A paid order keys the invoice by store and order, without refund id."""

@@ -123,6 +123,19 @@ _SAUDI_VAT = re.compile(r"3[0-9]{13}3")
 # Shared constants: the hot path would otherwise build these Decimals anew for every line.
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
+#: The API's longest text field (Qoyod, and the sandbox: 255 characters).
+API_TEXT_MAX = 255
+
+
+def _reason_text(text: str) -> str:
+    """A credit note's reason, cut to the API's limit with an ellipsis.
+
+    The contract allows 500 characters; the reason is free text, and a longer one refused
+    by the API would leave the cancellation or refund without its credit note.
+    """
+    return text if len(text) <= API_TEXT_MAX else text[: API_TEXT_MAX - 1] + "\u2026"
+
+
 #: Credit-note reason when the event gives none (the API requires one).
 _DEFAULT_REASON = "Order cancelled"
 
@@ -739,7 +752,7 @@ def plan_document(
             customer=None,
             products=(),
             lines=(),
-            reason=event.reason or _DEFAULT_REASON,
+            reason=_reason_text(event.reason or _DEFAULT_REASON),
             mirror_invoice=True,
             create_missing_products=options.create_missing_products,
         )
@@ -765,11 +778,13 @@ def plan_document(
         due_date = issue_date + timedelta(days=options.due_days)
     elif event.refund is None:  # order.cancelled
         reference = f"{invoice_reference}-CN-{CANCELLATION_SUB_ID}"
-        reason = event.reason or _DEFAULT_REASON
+        reason = _reason_text(event.reason or _DEFAULT_REASON)
     else:
         lines = _refund_lines(event.refund, order, priced)
         reference = f"{invoice_reference}-CN-{event.refund.refund_id}"
-        reason = event.refund.reason or event.reason or f"Refund {event.refund.refund_id}"
+        reason = _reason_text(
+            event.refund.reason or event.reason or f"Refund {event.refund.refund_id}"
+        )
         sent = compute_document(
             [line.line_input() for line in lines],
             currency=order.currency,
