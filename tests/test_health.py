@@ -107,6 +107,25 @@ class TestLiveness:
         assert ok
         assert reasons["status"] == "paused_by_configuration_fault"
 
+    @pytest.mark.parametrize("outage", ["api_outage", "ledger_unavailable"])
+    def test_dependency_outage_never_kills_and_is_no_configuration_fault(
+        self, state: HealthState, clock: FakeClock, outage: str
+    ) -> None:
+        """API or ledger down: paused, alive, not ready, and not the configuration alert."""
+        state.set_started(True)
+        state.set_lag(100)
+        state.set_outage(outage)
+        clock.advance(3600)
+        ok, reasons = state.liveness()
+        assert ok
+        assert reasons["status"] == f"paused_by_{outage}"
+        ready, why = state.readiness()
+        assert not ready
+        assert outage in why["problems"]  # type: ignore[operator]
+        assert why["configuration_fault"] is None
+        state.set_outage(None)
+        assert outage not in state.readiness()[1]["problems"]  # type: ignore[operator]
+
     def test_hung_start_up_is_a_stall(self, clock: FakeClock) -> None:
         """The stall clock runs from construction, so a start-up that hangs is unhealthy."""
         st = HealthState(stall_timeout_s=10, clock=clock)

@@ -12,12 +12,12 @@ Liveness (``/healthz``) answers "should Kubernetes restart this pod?":
   while lag grows turns unhealthy, and a restart is the cure;
 * a configuration fault never makes the pod unhealthy: a restart cannot fix credentials, so it
   shows on readiness and on the ``invoice_sync_configuration_fault`` metric instead; nor
-  does an API outage (every request failing: the pipeline pauses), which a restart cannot
-  end either.
+  does a dependency outage (every API request failing, or the ledger unreachable: the
+  pipeline pauses), which a restart cannot end either.
 
 Readiness (``/readyz``) answers "is this worker doing its job?": started, partitions assigned
 (or waiting for the first assignment), an access token obtainable, and not paused by a
-configuration fault or an API outage. Both answer JSON with the reasons, 200 when fine and
+configuration fault or a dependency outage. Both answer JSON with the reasons, 200 when fine and
 503 when not.
 """
 
@@ -70,7 +70,7 @@ class HealthState:
         self._lag: int | None = None
         self._config_fault: str | None = None
         self._token_obtainable = True  # not known to be unobtainable until a fetch fails
-        self._api_outage = False
+        self._outage: str | None = None
         self._started = False
         for reason in CONFIG_FAULT_REASONS:
             metrics.CONFIG_FAULT.labels(reason).set(0)
@@ -108,9 +108,10 @@ class HealthState:
         self._token_obtainable = ok
         self._publish_ready()
 
-    def set_api_outage(self, down: bool) -> None:
-        """Consumption is paused because every API request fails (worker.errors.ApiOutage)."""
-        self._api_outage = down
+    def set_outage(self, reason: str | None) -> None:
+        """Consumption is paused because a dependency is down (``api_outage``: every API
+        request fails; ``ledger_unavailable``: the ledger cannot be reached), or no longer."""
+        self._outage = reason
         self._publish_ready()
 
     def set_started(self, started: bool) -> None:
@@ -128,8 +129,8 @@ class HealthState:
         nothing_to_do = self._idle and not self._lag
         if self._config_fault is not None:
             status, alive = "paused_by_configuration_fault", True
-        elif self._api_outage:  # a restart cannot bring the API back either
-            status, alive = "paused_by_api_outage", True
+        elif self._outage is not None:  # a restart cannot bring the API or database back
+            status, alive = f"paused_by_{self._outage}", True
         elif nothing_to_do:
             status, alive = "idle", True
         elif since > self._stall_timeout_s:
@@ -167,8 +168,8 @@ class HealthState:
             problems.append("no_partitions_assigned")
         if not self._token_obtainable:
             problems.append("token_unobtainable")
-        if self._api_outage:
-            problems.append("api_outage")
+        if self._outage is not None:
+            problems.append(self._outage)
         if self._config_fault is not None:
             problems.append(f"configuration_fault:{self._config_fault}")
         return problems

@@ -101,7 +101,7 @@ class HealthSink(Protocol):
     def set_lag(self, total: int) -> None: ...
     def set_config_fault(self, reason: str | None) -> None: ...
     def set_token_obtainable(self, ok: bool) -> None: ...
-    def set_api_outage(self, down: bool) -> None: ...
+    def set_outage(self, reason: str | None) -> None: ...
 
 
 class RetriesExhausted(PermanentEventError):
@@ -505,8 +505,8 @@ class Pipeline:
             if self._health is not None:
                 if isinstance(exc, TokenUnavailable):
                     self._health.set_token_obtainable(False)
-                elif isinstance(exc, ApiOutage):
-                    self._health.set_api_outage(True)
+                elif isinstance(exc, ApiOutage | LedgerUnavailable):
+                    self._health.set_outage(exc.reason)
                 else:
                     self._health.set_config_fault(exc.reason)
         delay = self._fault_backoff.delay(fault_attempt)
@@ -530,7 +530,7 @@ class Pipeline:
         if self._health is not None:
             self._health.set_config_fault(None)
             self._health.set_token_obtainable(True)
-            self._health.set_api_outage(False)
+            self._health.set_outage(None)
 
     # --- pausing -------------------------------------------------------------------------
 
