@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from tests.plugins.kafka import TopicFactory
 from worker.dlq import DeadLetterWriter, read_dead_letters
 from worker.errors import (
+    ApiOutage,
     ApiRejected,
     ApiUnavailable,
     AuthConfigurationFault,
@@ -74,6 +75,7 @@ class Health:
 
     faults: list[str | None] = field(default_factory=list)
     token: list[bool] = field(default_factory=list)
+    outages: list[str | None] = field(default_factory=list)
     progress: int = 0
 
     def mark_progress(self) -> None:
@@ -94,6 +96,10 @@ class Health:
 
     def set_token_obtainable(self, ok: bool) -> None:
         self.token.append(ok)
+
+    def set_outage(self, reason: str | None) -> None:
+        if not self.outages or self.outages[-1] != reason:
+            self.outages.append(reason)
 
 
 class ScriptedHandler:
@@ -462,6 +468,59 @@ class TestFailures:
         assert dlq.letters == []  # attempts of a configuration fault are not the event's
         assert running.health.faults[0] == "auth_configuration"
         assert running.health.faults[-1] is None
+
+
+class TestOutage:
+    async def test_fault_ended_by_a_dead_letter_does_not_leave_the_worker_paused(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
+    ) -> None:
+        """The one event waiting out an outage is then rejected: consumption still resumes."""
+        topic = await topic_factory("outage-end", partitions=1)
+        await _produce(kafka_bootstrap, topic, [(b"a", b"first")])
+        outage = {"left": 3}
+
+        async def script(record: Record) -> None:
+            if record.value == b"first":
+                if outage["left"] > 0:
+                    outage["left"] -= 1
+                    raise ApiOutage("every request fails")
+                raise ApiRejected("contact_id: can't be blank", status=422)
+
+        handler = ScriptedHandler(script)
+        dlq = Dlq()
+        running = await run_pipeline(_settings(kafka_bootstrap, topic), handler, dlq)
+        await _wait_for(lambda: len(dlq.letters) == 1)
+        assert running.health.outages[0] == "api_outage"
+        # Published after the pause: fetched only if the partition was resumed.
+        await _produce(kafka_bootstrap, topic, [(b"b", b"second")])
+        await _wait_for(lambda: handler.done == [(0, 1)])
+        assert running.health.outages[-1] is None
+
+    async def test_time_paused_does_not_count_against_the_retry_budget(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
+    ) -> None:
+        """An outage longer than max_retry_s, then one ordinary 503: retried, not dead-lettered."""
+        topic = await topic_factory("outage-budget", partitions=1)
+        await _produce(kafka_bootstrap, topic, [(b"a", b"v")])
+        loop = asyncio.get_running_loop()
+        outage_until: list[float] = []
+        calls = {"after": 0}
+
+        async def script(record: Record) -> None:
+            if not outage_until:  # from the first attempt: the group join takes a while
+                outage_until.append(loop.time() + 0.6)  # three times the budget below
+            if loop.time() < outage_until[0]:
+                raise ApiOutage("every request fails")
+            calls["after"] += 1
+            if calls["after"] == 1:
+                raise ApiUnavailable("503 in the catch-up burst")
+
+        handler = ScriptedHandler(script)
+        dlq = Dlq()
+        await run_pipeline(_settings(kafka_bootstrap, topic, max_retry_s=0.2), handler, dlq)
+        await _wait_for(lambda: len(handler.done) == 1 or len(dlq.letters) == 1)
+        assert dlq.letters == []
+        assert handler.done == [(0, 0)]
 
 
 class TestShutdown:

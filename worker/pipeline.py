@@ -269,6 +269,10 @@ class Pipeline:
                         self._dispatch(tp, record)
                 if not batch and self._buffered == 0 and self._health is not None:
                     self._health.mark_progress()  # nothing to do is progress too
+                if self._fault is not None and self._buffered == 0:
+                    # Nobody is left to probe the fault (the waiting events were revoked, or
+                    # finished otherwise): resume, and let the next events find out.
+                    self._fault_clear()
                 now = time.monotonic()
                 if now - self._last_commit >= self._p.commit_interval_s:
                     await self._commit()
@@ -369,12 +373,15 @@ class Pipeline:
                     result = await self._handler.handle(record)
                 except (ConfigurationFault, TokenUnavailable, LedgerUnavailable, ApiOutage) as exc:
                     # Not the event's fault: wait for the configuration, the token endpoint,
-                    # the ledger or the API to work again; the event's attempts are not spent.
+                    # the ledger or the API to work again; the event's attempts are not spent,
+                    # nor its retry time (the budget counts from when the pause ended).
                     attempt -= 1
                     fault_attempt += 1
                     if self._draining:
                         return  # unfinished: redelivered after the restart
+                    paused_at = time.monotonic()
                     await self._wait_out_fault(exc, fault_attempt)
+                    started += time.monotonic() - paused_at
                     continue
                 except PermanentEventError as exc:
                     first_failure = first_failure or time.time()
