@@ -269,6 +269,51 @@ class TestReferenceConflicts:
         assert caught.value.details["differs"] == "total"
         assert sandbox.stats()["invoices"] == 1
 
+    async def test_same_total_other_buyer_is_a_conflict_after_a_crash(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """Resuming after a crash, a document with our total but another buyer is refused."""
+        processor, ledger = await make_processor(sandbox)
+        event = _event("order.paid.business-b2b.json")
+        await processor.handle(_rec(event))
+        other = copy.deepcopy(event)
+        other["event_id"] = "evt-s2"
+        other["source"]["store_id"] = "store-2002"
+        buyer = other["order"]["customer"]
+        buyer.update(
+            external_id="cust-9",
+            name="Another Trading Co.",
+            email="other@example.com",
+            phone="+966500000009",
+            vat_number="399999999900003",
+        )
+        key = LedgerKey("store-2002", "invoice", "ORD-1001")
+        idem = idempotency_key(PlanKey("store-2002", "invoice", "ORD-1001", None))
+        await ledger.claim(key, idempotency_key=idem, reference="ORD-1001", event_id="evt-s2")
+        with pytest.raises(ReferenceConflict) as caught:
+            await processor.handle(_rec(other))
+        assert caught.value.details["differs"] == "contact"
+        assert sandbox.stats()["invoices"] == 1
+
+    async def test_cancellation_finds_an_invoice_made_under_the_old_template(
+        self, sandbox: Sandbox, make_processor: Make
+    ) -> None:
+        """After the template changed, a mirroring cancellation fetches its invoice by id."""
+        before, old_ledger = await make_processor(sandbox)
+        assert (await before.handle(_rec(_event("order.paid.individual-arabic.json")))).outcome
+        invoice_key = LedgerKey("store-1001", "invoice", "ORD-1002")
+        made = await old_ledger.get(invoice_key)
+        assert made is not None
+        assert made.document_id
+        # A ledger row without the body sent (as for a reconciled invoice): no lines to copy.
+        after, ledger = await make_processor(sandbox, reference_template="{store_id}-{order_id}")
+        idem = idempotency_key(PlanKey("store-1001", "invoice", "ORD-1002", None))
+        await ledger.claim(invoice_key, idempotency_key=idem, reference="ORD-1002", event_id="e")
+        await ledger.complete(invoice_key, document_id=made.document_id, payload=None)
+        result = await after.handle(_rec(_event("order.cancelled.json")))
+        assert result.outcome == "created"
+        assert "store-1001-ORD-1002-CN-cancel" in sandbox.state.ledger.references
+
     async def test_store_in_the_reference_keeps_stores_apart(
         self, sandbox: Sandbox, make_processor: Make
     ) -> None:

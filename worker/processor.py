@@ -268,7 +268,10 @@ class EventProcessor:
             if claim.status is ClaimStatus.RESUME:
                 found = await self._find(kind, plan.reference)
                 if found is not None:
-                    self._check_ours(kind, plan, found, body=None)
+                    # The contact too, not the total alone: two stores' orders with one id
+                    # and one total differ only in their buyer.
+                    contact = await self._contact_id(plan) if plan.customer is not None else None
+                    self._check_ours(kind, plan, found, contact_id=contact)
                     await self._ledger.complete(key, document_id=str(found["id"]), payload=None)
                     log.info(
                         "document.reconciled",
@@ -320,9 +323,9 @@ class EventProcessor:
     async def _create(
         self, kind: str, plan: DocumentPlan, body: dict[str, object]
     ) -> tuple[dict[str, Any], str]:
+        inner = body[kind]
+        assert isinstance(inner, dict)
         try:
-            inner = body[kind]
-            assert isinstance(inner, dict)
             key = plan.idempotency_key
             if kind == "invoice":
                 return await self._api.create_invoice(inner, idempotency_key=key), "created"
@@ -335,7 +338,7 @@ class EventProcessor:
                 raise ApiUnavailable(
                     "reference reported taken but not found yet", reference=plan.reference
                 ) from None
-            self._check_ours(kind, plan, found, body=body)
+            self._check_ours(kind, plan, found, contact_id=inner.get("contact_id"))
             return found, "reconciled"
 
     def _check_ours(
@@ -344,7 +347,7 @@ class EventProcessor:
         plan: DocumentPlan,
         found: Mapping[str, Any],
         *,
-        body: Mapping[str, object] | None,
+        contact_id: object | None,
     ) -> None:
         """Refuse to record as ours a document under our reference that another order made.
 
@@ -353,26 +356,35 @@ class EventProcessor:
         ``mapping.reference_template`` lacks ``{store_id}``), or a document entered by hand,
         differ in one or the other; recording it would leave this order without an invoice.
         The total is compared where the plan knows what it sent (not for a cancellation,
-        whose lines depend on earlier refunds), the contact once the body is built.
+        whose lines depend on earlier refunds) and the answer has one; the contact where the
+        plan has a buyer (a mirroring cancellation takes its invoice's).
 
         Raises:
             ReferenceConflict: the contact or the total differs (``details["differs"]``).
         """
         differs = []
-        inner = body.get(kind) if body is not None else None
         if (
-            isinstance(inner, Mapping)
+            contact_id is not None
             and "contact_id" in found
-            and str(found["contact_id"]) != str(inner.get("contact_id"))
+            and str(found["contact_id"]) != str(contact_id)
         ):
             differs.append("contact")
-        if plan.sent is not None and (kind == "invoice" or plan.ledger_key.refund_id):
+        answered = found.get("total")
+        if (
+            plan.sent is not None
+            and (kind == "invoice" or plan.ledger_key.refund_id)
+            and answered is not None
+        ):
             try:
-                total = Decimal(str(found.get("total")))
-            except ArithmeticError:  # decimal.InvalidOperation: no usable total in the answer
+                total: Decimal | None = Decimal(str(answered))
+            except ArithmeticError:  # decimal.InvalidOperation: not a number
                 total = None
             expected = plan.sent.total_with_vat
-            if total is None or abs(total - expected) > self._options.total_tolerance:
+            if (
+                total is None
+                or not total.is_finite()
+                or abs(total - expected) > self._options.total_tolerance
+            ):
                 differs.append("total")
         if differs:
             raise ReferenceConflict(
@@ -395,7 +407,13 @@ class EventProcessor:
         if plan.mirror_invoice:
             invoice = (parent_payload or {}).get("invoice")
             if not invoice:
-                found = await self._api.find_invoice(plan.invoice_reference)
+                # By the id the ledger holds, not by reference: an invoice made before
+                # mapping.reference_template changed has the old reference.
+                found = (
+                    await self._api.get_invoice(parent_id)
+                    if parent_id is not None
+                    else await self._api.find_invoice(plan.invoice_reference)
+                )
                 if found is None:
                     raise NoOriginalInvoice(f"invoice {plan.invoice_reference} not found to mirror")
                 invoice = found
