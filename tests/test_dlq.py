@@ -17,7 +17,13 @@ from prometheus_client import REGISTRY
 
 from tests.plugins.kafka import TopicFactory
 from worker.dlq import DeadLetterWriter, read_dead_letters, replay_dlq, scan_dead_letters
-from worker.errors import DLQ_REASONS, InvalidBuyerVat, MalformedEvent, TotalMismatch
+from worker.errors import (
+    DLQ_REASONS,
+    InvalidBuyerVat,
+    LedgerUnavailable,
+    MalformedEvent,
+    TotalMismatch,
+)
 from worker.kafka import producer_options
 from worker.ledger import open_ledger
 from worker.settings import LedgerSettings, Settings
@@ -393,6 +399,36 @@ class TestOnce:
             (b"ORD-9", b"{other bytes"),
         ]
         assert _sample("invoice_sync_dead_letters_total", "malformed_event") == before + 2
+
+    async def test_a_ledger_that_fails_never_fails_or_repeats_a_written_letter(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory
+    ) -> None:
+        """The ledger down at the check: the letter is written; at the record: not raised."""
+        topic = await topic_factory("once-down", partitions=1)
+        settings = _settings(kafka_bootstrap, topic)
+
+        class DownLedger:
+            async def dead_letter_written(self, *where: object) -> bool:
+                raise LedgerUnavailable("ledger down")
+
+            async def record_dead_letter(self, *where: object, reason: str) -> None:
+                raise LedgerUnavailable("ledger down")
+
+        producer = AIOKafkaProducer(**producer_options(settings.kafka))
+        await producer.start()
+        try:
+            now = time.time()
+            await DeadLetterWriter(producer, settings=settings, written=DownLedger()).send(
+                FakeRecord(topic, 0, 3, b"ORD-3", b"{broken", ()),
+                error=MalformedEvent("not JSON"),
+                attempts=1,
+                first_failure=now,
+                last_failure=now,
+            )
+        finally:
+            await producer.stop()
+        letters = await read_dead_letters(settings)
+        assert [(d.key, d.value) for d in letters] == [(b"ORD-3", b"{broken")]
 
 
 async def _dlq_cli(bootstrap: str, topic: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -132,19 +132,29 @@ class DeadLetterWriter:
             aiokafka errors: when the write fails for another reason (broker down, no
                 leader, not authorised), or even the smallest form is too large; the caller
                 then must not commit the source offset.
-            LedgerUnavailable: the check for an earlier letter failed (nothing written).
         """
         digest = _digest(record)
         where = (record.topic, record.partition, record.offset, digest)
-        if self._written is not None and await self._written.dead_letter_written(*where):
-            log.info("dlq.already_written", reason=error.reason, attempts=attempts)
-            return
+        if self._written is not None:
+            try:
+                seen = await self._written.dead_letter_written(*where)
+            except Exception as exc:  # the ledger is down: a second letter beats a stuck partition
+                log.warning("dlq.dedupe_unavailable", step="check", error_type=type(exc).__name__)
+                seen = False
+            if seen:
+                log.info("dlq.already_written", reason=error.reason, attempts=attempts)
+                return
         await self._write(
             record, error=error, attempts=attempts, first=first_failure, last=last_failure
         )
         if self._written is not None:
-            # After the broker's acknowledgement: a crash in between writes it twice at worst.
-            await self._written.record_dead_letter(*where, reason=error.reason)
+            # After the broker's acknowledgement. If the ledger fails here the letter stands
+            # (never raise: the caller would write it again); a redelivery may then write it
+            # a second time, as after a crash between the two.
+            try:
+                await self._written.record_dead_letter(*where, reason=error.reason)
+            except Exception as exc:
+                log.warning("dlq.dedupe_unavailable", step="record", error_type=type(exc).__name__)
 
     async def _write(
         self,
