@@ -229,9 +229,10 @@ class TestInvalid:
     def test_refund_id_cancel_is_reserved(self) -> None:
         """A refund "cancel" would take the cancellation's credit note (<order>-CN-cancel)."""
         data = _example("order.refunded.json")
-        data["refund"]["refund_id"] = "cancel"
-        assert _invalid(data).message.startswith("refund.refund_id:")
-        assert not VALIDATOR.is_valid(data)
+        for reserved in ("cancel", "Cancel", "CANCEL"):
+            data["refund"]["refund_id"] = reserved
+            assert _invalid(data).message.startswith("refund.refund_id:")
+            assert not VALIDATOR.is_valid(data)
         data["refund"]["refund_id"] = "cancel-2"
         assert parse_event(_raw(data)).refund is not None
         assert VALIDATOR.is_valid(data)

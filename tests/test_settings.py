@@ -280,13 +280,19 @@ class TestClearErrors:
         ok = load_settings(kafka={"topics": ["orders", "orders.dlq"], "dlq_topic": "all.dlq"})
         assert ok.kafka.dlq_for("orders.dlq") == "all.dlq"
 
-    @pytest.mark.parametrize("servers", ["", "nohostport", "host:99999", "a:9092,:9092", "h:x"])
+    @pytest.mark.parametrize("servers", ["", "host:99999", "a:9092,:9092", "h:x", ":9092"])
     def test_bootstrap_servers_must_be_host_port(self, servers: str) -> None:
         """aiokafka would take these and fail at start-up without naming the setting."""
         with pytest.raises(
-            SettingsError, match=r"INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS: entry .* is not host:port"
+            SettingsError,
+            match=r"INVOICE_SYNC_KAFKA__BOOTSTRAP_SERVERS: entry .* is not host\[:port\]",
         ):
             load_settings(kafka={"bootstrap_servers": servers})
+
+    @pytest.mark.parametrize("servers", ["kafka", "[::1]", "::1", "[::1]:9093", "b1:9092,b2"])
+    def test_bootstrap_servers_as_aiokafka_reads_them(self, servers: str) -> None:
+        """A host without a port (9092, as aiokafka defaults) and IPv6 forms are accepted."""
+        assert load_settings(kafka={"bootstrap_servers": servers}).kafka.bootstrap_servers
 
     def test_bootstrap_servers_list_is_trimmed(self) -> None:
         settings = load_settings(kafka={"bootstrap_servers": " b1:9092 , [::1]:9093"})

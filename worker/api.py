@@ -276,7 +276,7 @@ class AccountingApi(Lifecycle):
         if failure is not None:
             # Raised outside the except block: no __context__ points at the aiohttp error.
             raise self._outage(failure) or failure
-        if status is not None and (status >= 500 or status == 429):
+        if status is not None and (status >= 500 or status in (408, 429)):
             self._failures_in_row += 1
         else:
             self._failures_in_row = 0

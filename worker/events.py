@@ -430,7 +430,8 @@ class Refund(_Model):
         # The cancellation's credit note is keyed and referenced as "<order>-CN-cancel": a
         # refund of that id would take its place, and the cancellation would be skipped as
         # a duplicate of it, leaving the rest of the invoice uncredited.
-        if value == CANCELLATION_SUB_ID:
+        # In any case: an API that compares references without case would still collide.
+        if value.casefold() == CANCELLATION_SUB_ID:
             raise ValueError(
                 f'"{CANCELLATION_SUB_ID}" is reserved for the cancellation\'s credit note'
             )

@@ -32,6 +32,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from aiokafka.conn import get_ip_port_afi
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -284,13 +285,17 @@ class KafkaSettings(_Group):
     @field_validator("bootstrap_servers")
     @classmethod
     def _host_port_list(cls, value: str) -> str:
-        # aiokafka takes "", "nohostport" or "host:99999" and fails only at start-up, as a
-        # KafkaConnectionError that names no setting (exit 1, not 2).
+        # Read as aiokafka reads it (host, host:port, [v6]:port; port 9092 when omitted), but
+        # an empty host or a port outside 1-65535, which aiokafka takes and fails on only at
+        # start-up as a KafkaConnectionError naming no setting, is refused here.
         entries = [entry.strip() for entry in value.split(",")]
         for number, entry in enumerate(entries, start=1):
-            host, _, port = entry.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-                raise ValueError(f"entry {number} is not host:port with a port from 1 to 65535")
+            try:
+                host, port, _ = get_ip_port_afi(entry)
+            except ValueError:
+                host, port = "", 0
+            if not host or not 0 < port <= 65535:
+                raise ValueError(f"entry {number} is not host[:port] with a port from 1 to 65535")
         return ",".join(entries)
 
     @model_validator(mode="after")
