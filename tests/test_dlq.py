@@ -16,7 +16,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from tests.plugins.kafka import TopicFactory
-from worker.dlq import DeadLetterWriter, read_dead_letters, replay_dlq, scan_dead_letters
+from worker.dlq import (
+    DeadLetterWriter,
+    WrittenLetters,
+    read_dead_letters,
+    replay_dlq,
+    scan_dead_letters,
+)
 from worker.errors import (
     DLQ_REASONS,
     InvalidBuyerVat,
@@ -56,13 +62,16 @@ def _sample(name: str, reason: str) -> float:
     return REGISTRY.get_sample_value(name, {"reason": reason}) or 0.0
 
 
-async def _write_one(settings: Settings, record: FakeRecord) -> None:
-    """Dead-letter ``record`` as malformed_event with the worker's own DLQ producer options."""
+async def _write_one(
+    settings: Settings, record: FakeRecord, *, written: WrittenLetters | None = None
+) -> None:
+    """Dead-letter ``record`` as malformed_event with the worker's own DLQ producer options
+    (a new writer each time, as after a restart: what it remembers is in ``written``)."""
     producer = AIOKafkaProducer(**producer_options(settings.kafka))
     await producer.start()
     try:
         now = time.time()
-        await DeadLetterWriter(producer, settings=settings).send(
+        await DeadLetterWriter(producer, settings=settings, written=written).send(
             record,
             error=MalformedEvent("not JSON"),
             attempts=1,
@@ -378,20 +387,7 @@ class TestOnce:
         before = _sample("invoice_sync_dead_letters_total", "malformed_event")
         async with open_ledger(LedgerSettings(url=f"sqlite:///{tmp_path}/l.db")) as ledger:
             for sent in (record, record, record, recreated):
-                # A writer per send, as after a restart: what it remembers is in the ledger.
-                producer = AIOKafkaProducer(**producer_options(settings.kafka))
-                await producer.start()
-                try:
-                    now = time.time()
-                    await DeadLetterWriter(producer, settings=settings, written=ledger).send(
-                        sent,
-                        error=MalformedEvent("not JSON"),
-                        attempts=1,
-                        first_failure=now,
-                        last_failure=now,
-                    )
-                finally:
-                    await producer.stop()
+                await _write_one(settings, sent, written=ledger)
         letters = await read_dead_letters(settings)
         # The recreated topic's record at the same offset has other bytes: its own letter.
         assert [(d.key, d.value) for d in letters] == [
@@ -414,19 +410,9 @@ class TestOnce:
             async def record_dead_letter(self, *where: object, reason: str) -> None:
                 raise LedgerUnavailable("ledger down")
 
-        producer = AIOKafkaProducer(**producer_options(settings.kafka))
-        await producer.start()
-        try:
-            now = time.time()
-            await DeadLetterWriter(producer, settings=settings, written=DownLedger()).send(
-                FakeRecord(topic, 0, 3, b"ORD-3", b"{broken", ()),
-                error=MalformedEvent("not JSON"),
-                attempts=1,
-                first_failure=now,
-                last_failure=now,
-            )
-        finally:
-            await producer.stop()
+        await _write_one(
+            settings, FakeRecord(topic, 0, 3, b"ORD-3", b"{broken", ()), written=DownLedger()
+        )
         letters = await read_dead_letters(settings)
         assert [(d.key, d.value) for d in letters] == [(b"ORD-3", b"{broken")]
 

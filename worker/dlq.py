@@ -49,6 +49,7 @@ __all__ = [
     "DeadLetterWriter",
     "PartitionRead",
     "SourceRecord",
+    "WrittenLetters",
     "inspect_dlq",
     "read_dead_letters",
     "replay_dlq",
