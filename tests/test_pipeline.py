@@ -522,6 +522,30 @@ class TestOutage:
         assert dlq.letters == []
         assert handler.done == [(0, 0)]
 
+    async def test_an_outage_that_comes_and_goes_does_not_wear_the_budget_down(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
+    ) -> None:
+        """Each bad spell costs attempts before it is recognised; a pause restores them."""
+        topic = await topic_factory("outage-flap", partitions=1)
+        await _produce(kafka_bootstrap, topic, [(b"a", b"v")])
+        spells = {"left": 4, "calls": 0}
+
+        async def script(record: Record) -> None:
+            # Four spells of: two 503s (attempts spent), then recognised as an outage.
+            if spells["left"] > 0:
+                spells["calls"] += 1
+                if spells["calls"] % 3:
+                    raise ApiUnavailable("503 before the outage is recognised")
+                spells["left"] -= 1
+                raise ApiOutage("every request fails")
+
+        handler = ScriptedHandler(script)
+        dlq = Dlq()
+        await run_pipeline(_settings(kafka_bootstrap, topic, max_attempts=4), handler, dlq)
+        await _wait_for(lambda: len(handler.done) == 1 or len(dlq.letters) == 1)
+        assert dlq.letters == []  # eight 503s in all, against a budget of four attempts
+        assert handler.calls == 13
+
 
 class TestShutdown:
     async def test_stop_drains_running_work_and_commits_only_finished(

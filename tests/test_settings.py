@@ -326,6 +326,12 @@ class TestClearErrors:
             403,
         ]
 
+    def test_outage_must_be_recognised_before_retries_run_out(self) -> None:
+        """One event alone must reach the outage threshold within its own attempts."""
+        with pytest.raises(SettingsError, match="OUTAGE_AFTER_FAILURES \\(8\\) must be below"):
+            load_settings(api={"outage_after_failures": 8}, pipeline={"max_attempts": 8})
+        assert load_settings(api={"outage_after_failures": 7}).api.outage_after_failures == 7
+
     def test_stop_when_idle_must_be_positive(self) -> None:
         with pytest.raises(SettingsError, match="PIPELINE__STOP_WHEN_IDLE_S"):
             load_settings(pipeline={"stop_when_idle_s": -5})

@@ -286,7 +286,8 @@ class AccountingApi(Lifecycle):
     @property
     def in_outage(self) -> bool:
         """Whether every request has failed for a while (see :class:`ApiOutage`)."""
-        # Ten failures in a row (the default) at a 10 % error rate happen once in 10^10.
+        # Failures in a row alone happen at any error rate; no answer at all for
+        # outage_after_s while requests keep failing does not, when traffic flows.
         return (
             self._failures_in_row >= self._settings.outage_after_failures
             and time.monotonic() - self._last_answer >= self._settings.outage_after_s

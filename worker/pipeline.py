@@ -212,6 +212,11 @@ class Pipeline:
             self._p.config_fault_backoff_max_s,
             rng,
         )
+        # A dependency that is down (API, ledger) comes back by itself, often within a
+        # minute: probed at the pace of ordinary retries, not of a configuration fault.
+        self._outage_backoff = Backoff(
+            self._p.backoff_base_s, self._p.backoff_max_s, self._p.backoff_max_s, rng
+        )
         # Twice as many events run as API requests may be in flight (the API client holds that
         # bound): while max_in_flight events wait for the API, as many more parse, map and
         # claim their ledger rows, so a slot freed by an answer is taken at once instead of
@@ -382,6 +387,10 @@ class Pipeline:
                     paused_at = time.monotonic()
                     await self._wait_out_fault(exc, fault_attempt)
                     started += time.monotonic() - paused_at
+                    # Attempts spent as the outage began (before it was recognised) were not
+                    # the event's either: after a pause it starts a fresh budget, so an outage
+                    # that comes and goes cannot wear it down spell by spell.
+                    attempt = 0
                     continue
                 except PermanentEventError as exc:
                     first_failure = first_failure or time.time()
@@ -516,7 +525,8 @@ class Pipeline:
                     self._health.set_outage(exc.reason)
                 else:
                     self._health.set_config_fault(exc.reason)
-        delay = self._fault_backoff.delay(fault_attempt)
+        outage = isinstance(exc, ApiOutage | LedgerUnavailable)
+        delay = (self._outage_backoff if outage else self._fault_backoff).delay(fault_attempt)
         RETRIES.labels(exc.reason).inc()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(fault.cleared.wait(), timeout=delay)

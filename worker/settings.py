@@ -355,7 +355,7 @@ class ApiSettings(_Group):
         1, description="Inventory (warehouse) id on documents (Qoyod requires one)."
     )
     outage_after_failures: int = Field(
-        10,
+        3,
         ge=1,
         description="Transient failures in a row (5xx, 429, timeouts, resets) that, with no "
         "other answer for outage_after_s, pause consumption instead of spending retries.",
@@ -695,6 +695,17 @@ class Settings(BaseSettings):
     http: HttpServerSettings = Field(default_factory=HttpServerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     platforms: PlatformSettings = Field(default_factory=PlatformSettings)
+
+    @model_validator(mode="after")
+    def _outage_recognised_within_retries(self) -> Settings:
+        # One event alone (a quiet topic) must be able to tell an outage before its own
+        # attempts run out, or the first orders after the API goes down are dead-lettered.
+        if self.api.outage_after_failures >= self.pipeline.max_attempts:
+            raise ValueError(
+                f"{ENV_PREFIX}API__OUTAGE_AFTER_FAILURES ({self.api.outage_after_failures}) "
+                f"must be below {ENV_PREFIX}PIPELINE__MAX_ATTEMPTS ({self.pipeline.max_attempts})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _retry_budget_fits_poll_interval(self) -> Settings:
