@@ -64,14 +64,15 @@ def _sample(name: str, reason: str) -> float:
 
 async def _write_one(
     settings: Settings, record: FakeRecord, *, written: WrittenLetters | None = None
-) -> None:
+) -> bool:
     """Dead-letter ``record`` as malformed_event with the worker's own DLQ producer options
-    (a new writer each time, as after a restart: what it remembers is in ``written``)."""
+    (a new writer each time, as after a restart: what it remembers is in ``written``);
+    whether a letter was written."""
     producer = AIOKafkaProducer(**producer_options(settings.kafka))
     await producer.start()
     try:
         now = time.time()
-        await DeadLetterWriter(producer, settings=settings, written=written).send(
+        return await DeadLetterWriter(producer, settings=settings, written=written).send(
             record,
             error=MalformedEvent("not JSON"),
             attempts=1,
@@ -386,8 +387,11 @@ class TestOnce:
         recreated = FakeRecord(topic, 0, 7, b"ORD-9", b"{other bytes", ())
         before = _sample("invoice_sync_dead_letters_total", "malformed_event")
         async with open_ledger(LedgerSettings(url=f"sqlite:///{tmp_path}/l.db")) as ledger:
-            for sent in (record, record, record, recreated):
+            wrote = [
                 await _write_one(settings, sent, written=ledger)
+                for sent in (record, record, record, recreated)
+            ]
+        assert wrote == [True, False, False, True]
         letters = await read_dead_letters(settings)
         # The recreated topic's record at the same offset has other bytes: its own letter.
         assert [(d.key, d.value) for d in letters] == [

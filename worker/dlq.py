@@ -123,8 +123,10 @@ class DeadLetterWriter:
         attempts: int,
         first_failure: float,
         last_failure: float,
-    ) -> None:
+    ) -> bool:
         """Publish ``record`` to its DLQ topic and wait for the broker's acknowledgement.
+
+        Returns False, writing nothing, when this record's letter was written before.
 
         A record too large for the producer or the broker is written without its value (see
         the module docstring), logged as ``dlq.value_omitted`` and counted.
@@ -144,7 +146,7 @@ class DeadLetterWriter:
                 seen = False
             if seen:
                 log.info("dlq.already_written", reason=error.reason, attempts=attempts)
-                return
+                return False
         await self._write(
             record, error=error, attempts=attempts, first=first_failure, last=last_failure
         )
@@ -156,6 +158,7 @@ class DeadLetterWriter:
                 await self._written.record_dead_letter(*where, reason=error.reason)
             except Exception as exc:
                 log.warning("dlq.dedupe_unavailable", step="record", error_type=type(exc).__name__)
+        return True
 
     async def _write(
         self,

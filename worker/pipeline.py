@@ -185,7 +185,7 @@ class Pipeline:
         *,
         consumer: AIOKafkaConsumer,
         handler: Handler,
-        dead_letters: Callable[..., Awaitable[None]],
+        dead_letters: Callable[..., Awaitable[bool | None]],
         settings: Settings,
         health: HealthSink | None = None,
         rng: random.Random | None = None,
@@ -471,7 +471,7 @@ class Pipeline:
         write_attempt = 0
         while True:
             try:
-                await self._dead_letters(
+                written = await self._dead_letters(
                     record,
                     error=exc,
                     attempts=attempts,
@@ -494,13 +494,14 @@ class Pipeline:
                 if self._draining:
                     return  # not written, not committed: redelivered after restart
                 await self._sleep(self._fault_backoff.delay(write_attempt))
-        log.info(
-            "event.dead_lettered",
-            reason=exc.reason,
-            attempts=attempts,
-            message=exc.message[:300],
-            **_safe_details(exc),
-        )
+        if written is not False:  # False: its letter was written before (dlq.already_written)
+            log.info(
+                "event.dead_lettered",
+                reason=exc.reason,
+                attempts=attempts,
+                message=exc.message[:300],
+                **_safe_details(exc),
+            )
         EVENTS_CONSUMED.labels(
             event_type_label(str(exc.details.get("event_type", "other"))), "dead_lettered"
         ).inc()
