@@ -111,22 +111,6 @@ class TestClaims:
         await ledger.record_delivery("shopify", delivery)
         assert await ledger.delivery_seen("shopify", delivery) is True
 
-    async def test_reference_holder_is_another_row_being_made_or_made(
-        self, ledger: Ledger, request: pytest.FixtureRequest
-    ) -> None:
-        """Another store's claimed or done row under a reference is found; our own is not."""
-        ref = request.node.name[:80]
-        ours = LedgerKey("store-b", "invoice", ref)
-        theirs = LedgerKey("store-a", "invoice", ref)
-        assert await ledger.reference_holder(ours, ref) is None
-        await ledger.claim(theirs, idempotency_key="ka", reference=ref, event_id="ea")
-        assert await ledger.reference_holder(ours, ref) == theirs  # being made
-        await ledger.complete(theirs, document_id="1", payload=None)
-        assert await ledger.reference_holder(ours, ref) == theirs  # made
-        assert await ledger.reference_holder(theirs, ref) is None  # its own row is not another
-        credit = LedgerKey("store-b", "credit_note", ref, "RF-1")
-        assert await ledger.reference_holder(credit, ref) is None  # another kind's namespace
-
     async def test_dead_letters_are_remembered_by_coordinates_and_bytes(
         self, ledger: Ledger, request: pytest.FixtureRequest
     ) -> None:

@@ -187,6 +187,7 @@ class TestApiOutage:
             "INVOICE_SYNC_PIPELINE__BACKOFF_MAX_S": "0.1",
             "INVOICE_SYNC_PIPELINE__CONFIG_FAULT_BACKOFF_MAX_S": "0.5",
             "INVOICE_SYNC_API__OUTAGE_AFTER_S": "0",
+            "INVOICE_SYNC_API__OUTAGE_AFTER_FAILURES": "2",  # below MAX_ATTEMPTS, as required
         }
         worker = worker_factory(env)
         await _wait_for_readiness(

@@ -93,8 +93,6 @@ _SCHEMA = [
         seen_at TEXT NOT NULL,
         PRIMARY KEY (source, delivery_id)
     )""",
-    # Rare lookups by reference (a "reference taken" answer): another store's row under it.
-    "CREATE INDEX IF NOT EXISTS documents_by_reference ON documents (reference)",
     # Source records already dead-lettered, so a redelivery (after a restart or a rebalance,
     # when the letter's offset was not committed yet) does not write a second letter. The
     # digest of key and value tells a recreated topic's new record at an old offset apart.
@@ -343,26 +341,6 @@ class Ledger(Lifecycle, abc.ABC):
                 delivery_id,
                 _now(),
             )
-
-    async def reference_holder(self, key: LedgerKey, reference: str) -> LedgerKey | None:
-        """Another row than ``key`` that took ``reference`` (being made, or made), if any.
-
-        Two stores' orders with one id share a reference unless
-        ``mapping.reference_template`` holds ``{store_id}``; the API then answers "taken" to
-        the second, and this tells whose document it found, even when buyer and total match.
-        """
-        with _Timer("lookup"):
-            row = await self._fetchrow(
-                "SELECT store_id, kind, order_id, sub_id FROM documents WHERE reference={0}"
-                " AND kind={1} AND state IN ('claimed', 'done')"
-                " AND NOT (store_id={2} AND order_id={3} AND sub_id={4}) LIMIT 1",
-                reference,
-                key.kind,
-                key.store_id,
-                key.order_id,
-                key.sub_id,
-            )
-        return LedgerKey(*row) if row is not None else None
 
     async def dead_letter_written(
         self, topic: str, partition: int, offset: int, digest: str

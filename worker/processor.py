@@ -271,7 +271,7 @@ class EventProcessor:
                     # The contact too, not the total alone: two stores' orders with one id
                     # and one total differ only in their buyer.
                     contact = await self._contact_id(plan) if plan.customer is not None else None
-                    await self._check_ours(kind, plan, found, contact_id=contact)
+                    self._check_ours(kind, plan, found, contact_id=contact)
                     await self._ledger.complete(key, document_id=str(found["id"]), payload=None)
                     log.info(
                         "document.reconciled",
@@ -338,10 +338,10 @@ class EventProcessor:
                 raise ApiUnavailable(
                     "reference reported taken but not found yet", reference=plan.reference
                 ) from None
-            await self._check_ours(kind, plan, found, contact_id=inner.get("contact_id"))
+            self._check_ours(kind, plan, found, contact_id=inner.get("contact_id"))
             return found, "reconciled"
 
-    async def _check_ours(
+    def _check_ours(
         self,
         kind: str,
         plan: DocumentPlan,
@@ -359,18 +359,10 @@ class EventProcessor:
         whose lines depend on earlier refunds) and the answer has one; the contact where the
         plan has a buyer (a mirroring cancellation takes its invoice's).
 
-        First the ledger: another store's row under this reference (claimed or done) means
-        the document is that order's, whatever its buyer and total (one buyer shopping in two
-        stores at one price matches both).
-
         Raises:
-            ReferenceConflict: the reference is another ledger row's, or the contact or the
-                total differs (``details["differs"]``: ``store``, ``contact``, ``total``).
+            ReferenceConflict: the contact or the total differs (``details["differs"]``).
         """
         differs = []
-        holder = await self._ledger.reference_holder(self._ledger_key(plan), plan.reference)
-        if holder is not None:
-            differs.append("store")
         if (
             contact_id is not None
             and "contact_id" in found
