@@ -400,6 +400,22 @@ class TestOnce:
         ]
         assert _sample("invoice_sync_dead_letters_total", "malformed_event") == before + 2
 
+    async def test_deployments_with_their_own_dead_letter_topics_each_write_theirs(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+    ) -> None:
+        """One ledger, one source record, two DLQ topics: a letter in each, not one in all."""
+        topic = await topic_factory("once-two", partitions=1)
+        elsewhere = await topic_factory("once-two-dlq", partitions=1)
+        ours = _settings(kafka_bootstrap, topic)
+        theirs = _settings(kafka_bootstrap, topic, dlq_topic=elsewhere)
+        record = FakeRecord(topic, 0, 5, b"ORD-5", b"{broken", ())
+        async with open_ledger(LedgerSettings(url=f"sqlite:///{tmp_path}/l.db")) as ledger:
+            assert await _write_one(ours, record, written=ledger)
+            assert await _write_one(theirs, record, written=ledger)
+            assert not await _write_one(theirs, record, written=ledger)
+        assert len(await read_dead_letters(ours)) == 1
+        assert len(await read_dead_letters(theirs)) == 1
+
     async def test_a_ledger_that_fails_never_fails_or_repeats_a_written_letter(
         self, kafka_bootstrap: str, topic_factory: TopicFactory
     ) -> None:

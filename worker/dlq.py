@@ -136,7 +136,9 @@ class DeadLetterWriter:
                 leader, not authorised), or even the smallest form is too large; the caller
                 then must not commit the source offset.
         """
-        digest = _digest(record)
+        # The DLQ topic is part of it: deployments that share a ledger and a source topic
+        # but dead-letter to topics of their own each write their letter.
+        digest = _digest(self._kafka.dlq_for(record.topic), record)
         where = (record.topic, record.partition, record.offset, digest)
         if self._written is not None:
             try:
@@ -217,10 +219,11 @@ class DeadLetterWriter:
         raise too_large
 
 
-def _digest(record: SourceRecord) -> str:
-    """SHA-256 of the record's key and value (length-prefixed, so no two pairs collide)."""
+def _digest(dlq_topic: str, record: SourceRecord) -> str:
+    """SHA-256 of the DLQ topic, the record's key and its value (length-prefixed, so no two
+    triples collide)."""
     h = hashlib.sha256()
-    for part in (record.key, record.value):
+    for part in (dlq_topic.encode(), record.key, record.value):
         h.update(b"-" if part is None else len(part).to_bytes(8, "big") + part)
     return h.hexdigest()
 
