@@ -546,6 +546,40 @@ class TestOutage:
         assert dlq.letters == []  # eight 503s in all, against a budget of four attempts
         assert handler.calls == 13
 
+    async def test_an_event_that_needs_no_api_does_not_end_an_outage(
+        self, kafka_bootstrap: str, topic_factory: TopicFactory, run_pipeline: Any
+    ) -> None:
+        """A skipped type finishing during an outage leaves the pause (and /readyz) alone."""
+        topic = await topic_factory("outage-skip", partitions=1)
+        await _produce(kafka_bootstrap, topic, [(b"a", b"api"), (b"b", b"skip")])
+        down = {"on": True}
+        health: list[Health] = []
+
+        async def script(record: Record) -> None:
+            if record.value == b"skip":
+                # Buffered before the pause, it finishes while the outage holds.
+                await _wait_for(lambda: bool(health and health[0].outages))
+                return
+            if down["on"]:
+                raise ApiOutage("every request fails")
+
+        class Skipping(ScriptedHandler):
+            async def handle(self, record: Record) -> HandleResult:
+                result = await super().handle(record)
+                if record.value == b"skip":
+                    return HandleResult("order.shipped", "skipped")
+                return result
+
+        handler = Skipping(script)
+        dlq = Dlq()
+        running = await run_pipeline(_settings(kafka_bootstrap, topic), handler, dlq)
+        health.append(running.health)
+        await _wait_for(lambda: (0, 1) in handler.done)
+        assert running.health.outages == ["api_outage"]
+        down["on"] = False
+        await _wait_for(lambda: running.health.outages == ["api_outage", None])
+        assert dlq.letters == []
+
 
 class TestShutdown:
     async def test_stop_drains_running_work_and_commits_only_finished(

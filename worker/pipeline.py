@@ -78,6 +78,9 @@ _POLL_TIMEOUT_MS = 200
 _FINAL_COMMIT_TIMEOUT_S = 10.0
 _LAG_REFRESH_S = 5.0
 _PAUSE_RETRY_LONGER_THAN_S = 1.0
+#: Outcomes that went through the token, the API and the ledger, and so end any fault; a
+#: skipped type or a duplicate may touch none of them (nothing left waiting ends it too).
+_PROVES_DEPENDENCIES = frozenset({"created", "reconciled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,7 +434,8 @@ class Pipeline:
                         )
                         return
                     continue
-                self._fault_clear()
+                if result.outcome in _PROVES_DEPENDENCIES:
+                    self._fault_clear()
                 labelled(EVENTS_CONSUMED, event_type_label(result.event_type), result.outcome).inc()
                 item.done = True
                 return
