@@ -273,14 +273,17 @@ class AccountingApi(Lifecycle):
         finally:
             self._slots.release()
             self._observe(endpoint, method, status, time.perf_counter() - started)
-        if failure is not None:
-            # Raised outside the except block: no __context__ points at the aiohttp error.
-            raise self._outage(failure) or failure
-        if status is not None and (status >= 500 or status in (408, 429)):
+        # A failure is what for_status classifies as transient, or no answer at all.
+        if failure is not None or (
+            status is not None and status >= 400 and issubclass(for_status(status), TransientError)
+        ):
             self._failures_in_row += 1
         else:
             self._failures_in_row = 0
             self._last_answer = time.monotonic()
+        if failure is not None:
+            # Raised outside the except block: no __context__ points at the aiohttp error.
+            raise self._as_outage(failure) or failure
         return resp
 
     @property
@@ -293,9 +296,8 @@ class AccountingApi(Lifecycle):
             and time.monotonic() - self._last_answer >= self._settings.outage_after_s
         )
 
-    def _outage(self, failure: InvoiceSyncError) -> ApiOutage | None:
-        """Count a failure without an answer; the outage error to raise instead, if one."""
-        self._failures_in_row += 1
+    def _as_outage(self, failure: InvoiceSyncError) -> ApiOutage | None:
+        """The outage error to raise instead of ``failure`` while in an outage, else None."""
         return _outage_error(failure) if self.in_outage else None
 
     def _observe(self, endpoint: str, method: str, status: int | None, seconds: float) -> None:
@@ -321,7 +323,7 @@ class AccountingApi(Lifecycle):
             try:
                 _raise_for(resp, endpoint, method)
             except TransientError as exc:
-                outage = _outage_error(exc) if self.in_outage else None
+                outage = self._as_outage(exc)
                 if outage is None:
                     raise
                 raise outage from None

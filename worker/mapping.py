@@ -733,6 +733,7 @@ def plan_document(
     idem_key = idempotency_key(key)  # first, as always: an id that cannot be encoded fails here
     issue_date = event.occurred_at.astimezone(ZoneInfo(options.timezone)).date()
     order = event.order
+    invoice_reference = options.invoice_reference(event)
 
     if order is None:
         # Without its order (only a cancellation may omit it) the credit note mirrors the
@@ -741,8 +742,8 @@ def plan_document(
             kind=kind,
             ledger_key=key,
             idempotency_key=idem_key,
-            reference=f"{options.invoice_reference(event)}-CN-{CANCELLATION_SUB_ID}",
-            invoice_reference=options.invoice_reference(event),
+            reference=f"{invoice_reference}-CN-{CANCELLATION_SUB_ID}",
+            invoice_reference=invoice_reference,
             invoice_kind=None,
             issue_date=issue_date,
             due_date=None,
@@ -772,7 +773,6 @@ def plan_document(
     declared: Decimal | None = order.totals.total
     lines = priced.lines
     due_date: date | None = None
-    invoice_reference = options.invoice_reference(event)
     if kind == "invoice":
         reference, reason = invoice_reference, None
         due_date = issue_date + timedelta(days=options.due_days)

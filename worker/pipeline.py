@@ -512,6 +512,7 @@ class Pipeline:
         item.done = True
 
     async def _wait_out_fault(self, exc: InvoiceSyncError, fault_attempt: int) -> None:
+        outage = isinstance(exc, ApiOutage | LedgerUnavailable)
         fault = self._fault
         if fault is None:
             fault = self._fault = _Fault(exc.reason, time.monotonic())
@@ -526,11 +527,10 @@ class Pipeline:
             if self._health is not None:
                 if isinstance(exc, TokenUnavailable):
                     self._health.set_token_obtainable(False)
-                elif isinstance(exc, ApiOutage | LedgerUnavailable):
+                elif outage:
                     self._health.set_outage(exc.reason)
                 else:
                     self._health.set_config_fault(exc.reason)
-        outage = isinstance(exc, ApiOutage | LedgerUnavailable)
         delay = (self._outage_backoff if outage else self._fault_backoff).delay(fault_attempt)
         RETRIES.labels(exc.reason).inc()
         with contextlib.suppress(TimeoutError):
